@@ -1,0 +1,1 @@
+"""Shared test fixtures. The ``amp_devserver`` fixture comes from amp's pytest plugin."""
