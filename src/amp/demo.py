@@ -42,9 +42,8 @@ def main() -> None:
                 print(f"blocks {numbers['start']:>6}..{numbers['end']:<6} rows so far {rows}{note}")
                 last_end = numbers["end"]
         reader.cancel()
-        print(
-            f"streamed {rows} rows; chain head {server.chain.head}, reorgs {len(server.chain.reorgs)}"
-        )
+        reorgs = len(server.chain.reorgs)
+        print(f"streamed {rows} rows; chain head {server.chain.head}, reorgs {reorgs}")
 
 
 if __name__ == "__main__":
