@@ -1,0 +1,183 @@
+"""The public entry point: ``Client``, its named connections and its query builder.
+
+from amp.client import Client
+
+client = Client("grpc://localhost:1602")
+client.configure_connection(name="pg", loader="postgresql", config={...})
+for result in client.sql("SELECT * FROM eth_firehose.logs").load(
+    connection="pg", destination="logs", stream=True
+):
+    print(result.rows_loaded)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from amp import sqltext
+from amp.config import check_keys, suggest, typed
+from amp.errors import ConfigError
+from amp.flight.transport import FlightTransport
+from amp.loaders import LOADERS, Loader, LoadMode, loader_class
+from amp.streaming.pipeline import LoadResult, StreamingLoad, batch_load
+from amp.streaming.reader import batch_events
+
+__all__ = ["Client", "LoadResult", "QueryBuilder"]
+
+# Keys every connection accepts besides its loader's own (amp's delivery features).
+COMMON_KEYS = frozenset({"resilience", "checkpoint", "idempotency"})
+LOAD_OPTIONS = frozenset({"mode"})
+
+
+class QueryBuilder:
+    """A query bound to a client: run it as a table, a batch stream, or a load."""
+
+    def __init__(self, client: Client, query: str) -> None:
+        if not isinstance(query, str) or not query.strip():
+            raise ConfigError("the query must be a non-empty SQL string")
+        self.client = client
+        self.query = query
+
+    def to_arrow(self) -> pa.Table:
+        """Run as a batch query and return every row as one Arrow table."""
+        stream = self.client.transport.execute(self.query, streaming=False)
+        try:
+            batches = [event.batch for event in batch_events(stream)]
+        finally:
+            stream.close()
+        return pa.Table.from_batches(batches, schema=stream.schema)
+
+    def stream(self) -> Iterator[pa.RecordBatch]:
+        """The record batches of a batch query as they arrive."""
+        stream = self.client.transport.execute(self.query, streaming=False)
+        try:
+            for event in batch_events(stream):
+                yield event.batch
+        finally:
+            stream.close()
+
+    def _streaming_sql(self) -> tuple[str, bool | None]:
+        """The query to stream, and the ``amp-stream`` header when SQL cannot say it.
+
+        ``SETTINGS stream = true`` is appended only when the query has no SETTINGS clause;
+        a query with other settings gets the header instead (never a second clause).
+        """
+        body, settings = sqltext.split_settings(self.query)
+        if body == self.query:
+            return f"{self.query.rstrip().rstrip(';')} SETTINGS stream = true", None
+        if sqltext.requests_streaming(settings):
+            return self.query, None
+        return self.query, True
+
+    def load(
+        self,
+        connection: str,
+        destination: str,
+        stream: bool = False,
+        parallel_config: Any = None,
+        **options: Any,
+    ) -> Iterator[LoadResult]:
+        """Load the results into ``destination`` (a table) of a configured connection.
+
+        ``stream=False`` loads a batch query in one transaction; ``stream=True`` streams
+        microbatches until the caller stops iterating (or Ctrl-C), one result each.
+        Options: ``mode`` ('append' or 'overwrite').
+        """
+        check_keys("load options", options, LOAD_OPTIONS)
+        typed("load()", "destination", destination, str)
+        mode_name = options.get("mode", "append")
+        try:
+            mode = LoadMode(mode_name)
+        except ValueError:
+            raise ConfigError(
+                f"load option mode must be 'append' or 'overwrite', got {mode_name!r}"
+            ) from None
+        if parallel_config is not None:
+            raise ConfigError("parallel_config is not supported yet; load without it")
+        loader = self.client._get_loader(connection)
+        if not stream:
+            return batch_load(self.client.transport, loader, destination, self.query, mode)
+        sql, header = self._streaming_sql()
+        load = StreamingLoad(
+            self.client.transport, loader, destination, sql, mode=mode, streaming_header=header
+        )
+        return _closing(load, loader)
+
+
+def _closing(load: StreamingLoad, loader: Loader) -> Iterator[LoadResult]:
+    """Run a streaming load; whatever ends it, close the stream and the destination."""
+    try:
+        yield from load.results()
+    finally:
+        loader.close()
+
+
+class Client:
+    """A client of one Amp server, with named destination connections."""
+
+    def __init__(
+        self, url: str | None = None, auth_token: str | None = None, **kwargs: Any
+    ) -> None:
+        if kwargs:
+            raise ConfigError(
+                f"unknown Client argument(s) {', '.join(sorted(kwargs))}; "
+                "Client takes url and auth_token"
+            )
+        if url is None:
+            raise ConfigError("Client needs the server URL, e.g. Client('grpc://localhost:1602')")
+        self.url = url
+        self.transport = FlightTransport(url, auth_token)
+        self._connections: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._loaders: dict[str, Loader] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    def configure_connection(self, name: str, loader: str, config: Mapping[str, Any]) -> None:
+        """Register a destination as ``name``; the configuration is checked now, the
+        connection is opened when a load first uses it."""
+        typed("configure_connection()", "name", name, str)
+        cls = loader_class(loader)
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"config for {name!r} must be a dict, got {type(config).__name__}")
+        check_keys(f"{loader} config", config, cls.config_keys | COMMON_KEYS)
+        own = {key: value for key, value in config.items() if key not in COMMON_KEYS}
+        instance = cls(own, connection_name=name)
+        with self._lock:
+            previous = self._loaders.pop(name, None)
+            self._connections[name] = (loader, dict(config))
+            self._loaders[name] = instance
+        if previous is not None:
+            previous.close()
+
+    def list_connections(self) -> dict[str, str]:
+        """Connection name → loader name."""
+        return {name: loader for name, (loader, _) in self._connections.items()}
+
+    def get_available_loaders(self) -> list[str]:
+        return sorted(LOADERS)
+
+    def sql(self, query: str) -> QueryBuilder:
+        return QueryBuilder(self, query)
+
+    def _get_loader(self, name: str) -> Loader:
+        """The live loader of connection ``name`` (the guide's monitoring example uses it)."""
+        try:
+            return self._loaders[name]
+        except KeyError:
+            known = ", ".join(sorted(self._loaders)) or "none yet"
+            raise ConfigError(
+                f"unknown connection {name!r}{suggest(str(name), self._loaders)}; configured "
+                f"connections: {known}. Add it with "
+                "client.configure_connection(name, loader, config)"
+            ) from None
+
+    def close(self) -> None:
+        for loader in self._loaders.values():
+            loader.close()
+        self.transport.close()
