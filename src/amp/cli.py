@@ -10,8 +10,17 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from amp.errors import AmpError, ConfigError
+from amp.progress import STDERR, HeadTracker, LoadStats, ProgressDisplay, head_query_for
+
+if TYPE_CHECKING:
+    from amp.client import LoadRun
+    from amp.streaming.pipeline import LoadResult
 
 
 def _add_dev(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,24 +83,172 @@ def _run_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def destination_from_url(url: str) -> tuple[str, dict[str, Any]]:
+    """``postgresql://user:pass@host:port/db`` or ``duckdb:///path.db`` → (loader, config)."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme in ("postgresql", "postgres"):
+        return "postgresql", {"dsn": url}
+    if parsed.scheme == "duckdb":
+        path = url[len("duckdb://") :]
+        path = path[1:] if path.startswith("/") and path[1:] == ":memory:" else path
+        if path.startswith("//"):
+            path = path[1:]
+        return "duckdb", {"database": path or ":memory:"}
+    raise ConfigError(
+        f"unsupported destination URL {redact_url(url)!r}; use postgresql://user@host:port/db "
+        "or duckdb:///path/to/file.db"
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+
+
+def _add_load(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    load = subparsers.add_parser(
+        "load",
+        help="load a query's results into a database",
+        description="Run a query on an Amp server and load its rows into a table, once "
+        "(batch) or continuously (--stream), with live progress. Ctrl-C stops at a "
+        "microbatch boundary.",
+    )
+    load.add_argument("--server", required=True, help="Amp server URL, e.g. grpc://localhost:1602")
+    load.add_argument("--query", required=True, help="the SQL query")
+    load.add_argument(
+        "--to",
+        required=True,
+        help="destination: postgresql://user@host:port/db or duckdb:///file.db",
+    )
+    load.add_argument("--table", required=True, help="destination table")
+    load.add_argument("--stream", action="store_true", help="stream new blocks until stopped")
+    load.add_argument(
+        "--mode",
+        choices=("append", "overwrite"),
+        default="append",
+        help="what to do with existing rows",
+    )
+    load.add_argument("--auth-token", default=None, help="bearer token (default: $AMP_AUTH_TOKEN)")
+    load.add_argument("--no-progress", action="store_true", help="no live progress line")
+    load.set_defaults(run=_run_load)
+
+
+def run_load_with_progress(
+    load: LoadRun,
+    display: ProgressDisplay,
+    done: Callable[[LoadResult], bool] | None = None,
+) -> LoadStats:
+    """Consume a load, showing progress, until it ends or ``done(result)`` says so; the
+    first Ctrl-C stops it at a microbatch boundary, a second one interrupts at once (the
+    open transaction rolls back)."""
+    interrupted = False
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupted
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted = True
+        load.stop()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with display:
+            for result in load:
+                display.update(result)
+                if not result.success or (done is not None and done(result)):
+                    break
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        load.close()
+    return display.stats
+
+
+def _run_load(args: argparse.Namespace) -> int:
+    from amp.client import Client
+
+    loader, config = destination_from_url(args.to)
+    client = Client(args.server, auth_token=args.auth_token)
+    try:
+        client.configure_connection("cli", loader, config)
+        load = client.sql(args.query).load("cli", args.table, stream=args.stream, mode=args.mode)
+        head_sql = head_query_for(args.query)
+        tracker = HeadTracker(client.transport, head_sql) if head_sql and args.stream else None
+        display = ProgressDisplay(args.table, tracker, disabled=args.no_progress)
+        stats = run_load_with_progress(load, display)
+    finally:
+        client.close()
+    print(
+        f"loaded {stats.rows:,} rows into {args.table} ({stats.microbatches} microbatches, "
+        f"{stats.reorgs} reorgs handled)"
+    )
+    return 0 if stats.failures == 0 else 1
+
+
+def _add_query(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    query = subparsers.add_parser("query", help="run a batch query and print the result as a table")
+    query.add_argument("--server", required=True, help="Amp server URL")
+    query.add_argument("sql", help="the SQL query")
+    query.add_argument("--auth-token", default=None, help="bearer token (default: $AMP_AUTH_TOKEN)")
+    query.set_defaults(run=_run_query)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return str(value)
+
+
+def _run_query(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from amp.client import Client
+
+    client = Client(args.server, auth_token=args.auth_token)
+    try:
+        result = client.sql(args.sql).to_arrow()
+    finally:
+        client.close()
+    table = Table(*result.column_names)
+    for row in result.to_pylist():
+        table.add_row(*(_cell(value) for value in row.values()))
+    console = Console()
+    console.print(table)
+    console.print(f"{result.num_rows:,} rows")
+    return 0
+
+
+def configure_logging(level: int) -> None:
+    """Log through rich on the progress line's console, so records print above it."""
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=STDERR, show_path=False, rich_tracebacks=False)
+    logging.basicConfig(level=level, format="%(name)s: %(message)s", handlers=[handler])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amp", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_dev(subparsers)
+    _add_load(subparsers)
+    _add_query(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.run(args))
-    except (ValueError, OSError) as exc:
+    except (AmpError, ValueError, OSError) as exc:
         print(f"amp {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -26,7 +26,7 @@ from amp.loaders import LOADERS, Loader, LoadMode, loader_class
 from amp.streaming.pipeline import LoadResult, StreamingLoad, batch_load
 from amp.streaming.reader import batch_events
 
-__all__ = ["Client", "LoadResult", "QueryBuilder"]
+__all__ = ["Client", "LoadResult", "LoadRun", "QueryBuilder"]
 
 # Keys every connection accepts besides its loader's own (amp's delivery features).
 COMMON_KEYS = frozenset({"resilience", "checkpoint", "idempotency"})
@@ -80,7 +80,7 @@ class QueryBuilder:
         stream: bool = False,
         parallel_config: Any = None,
         **options: Any,
-    ) -> Iterator[LoadResult]:
+    ) -> LoadRun:
         """Load the results into ``destination`` (a table) of a configured connection.
 
         ``stream=False`` loads a batch query in one transaction; ``stream=True`` streams
@@ -100,12 +100,43 @@ class QueryBuilder:
             raise ConfigError("parallel_config is not supported yet; load without it")
         loader = self.client._get_loader(connection)
         if not stream:
-            return batch_load(self.client.transport, loader, destination, self.query, mode)
+            stop = threading.Event()
+            return LoadRun(
+                batch_load(self.client.transport, loader, destination, self.query, mode, stop),
+                stop,
+            )
         sql, header = self._streaming_sql()
         load = StreamingLoad(
             self.client.transport, loader, destination, sql, mode=mode, streaming_header=header
         )
-        return _closing(load, loader)
+        return LoadRun(_closing(load, loader), load.stop_event)
+
+
+class LoadRun(Iterator[LoadResult]):
+    """The results of a load, as an iterator, plus ``stop()``.
+
+    ``stop()`` may be called from another thread or a signal handler: a streaming load
+    ends at the next microbatch boundary (or at once while it waits for blocks); a batch
+    load ends before its next batch and rolls back. ``close()`` ends it at once.
+    """
+
+    def __init__(self, results: Iterator[LoadResult], stop_event: threading.Event) -> None:
+        self._results = results
+        self._stop_event = stop_event
+
+    def __iter__(self) -> LoadRun:
+        return self
+
+    def __next__(self) -> LoadResult:
+        return next(self._results)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def close(self) -> None:
+        close = getattr(self._results, "close", None)
+        if close is not None:
+            close()
 
 
 def _closing(load: StreamingLoad, loader: Loader) -> Iterator[LoadResult]:

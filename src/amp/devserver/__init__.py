@@ -49,10 +49,11 @@ class _BlockProducer(threading.Thread):
         self.reorg_every = reorg_every
         self.reorg_depth = reorg_depth
         self.stopping = stopping
+        self.halt = threading.Event()
 
     def run(self) -> None:
         mined = 0
-        while not self.stopping.wait(self.block_time):
+        while not self.stopping.wait(self.block_time) and not self.halt.is_set():
             self.chain.mine(1)
             mined += 1
             if self.reorg_every and mined % self.reorg_every == 0:
@@ -172,6 +173,13 @@ class DevServer:
             self._server.stop(grace).wait()
             self._server = None
         if self._producer is not None:
+            self._producer.join()
+            self._producer = None
+
+    def stop_block_production(self) -> None:
+        """Stop mining new blocks (and reorgs); the server keeps serving."""
+        if self._producer is not None:
+            self._producer.halt.set()
             self._producer.join()
             self._producer = None
 

@@ -221,12 +221,18 @@ class StreamingLoad:
 
 
 def batch_load(
-    transport: FlightTransport, loader: Loader, table: str, sql: str, mode: LoadMode
+    transport: FlightTransport,
+    loader: Loader,
+    table: str,
+    sql: str,
+    mode: LoadMode,
+    stop_event: threading.Event | None = None,
 ) -> Iterator[LoadResult]:
     """A batch query into one destination transaction: all rows or none.
 
     One LoadResult per server batch as it is written (``metadata['committed']`` False),
-    then a final one when the transaction commits (``operation: 'commit'``).
+    then a final one when the transaction commits (``operation: 'commit'``). A stop
+    before the commit rolls everything back.
     """
     loader.connect()
     target = _Target(loader, table, mode)
@@ -236,7 +242,10 @@ def batch_load(
     try:
         target.prepare(stream.schema)
         loader.begin()
-        for index, event in enumerate(batch_events(stream)):
+        for index, event in enumerate(batch_events(stream.messages(stop_event))):
+            if stop_event is not None and stop_event.is_set():
+                loader.rollback()
+                return
             batch_started = time.monotonic()
             loader.write(table, target.rows(event.batch, None))
             total += event.batch.num_rows
@@ -253,6 +262,8 @@ def batch_load(
                     "committed": False,
                 },
             )
+        if stop_event is not None and stop_event.is_set():
+            return
         loader.commit()
         yield LoadResult(
             success=True,
