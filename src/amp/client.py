@@ -25,6 +25,7 @@ from amp.flight.transport import FlightTransport
 from amp.loaders import LOADERS, Loader, LoadMode, loader_class
 from amp.streaming.pipeline import LoadResult, StreamingLoad, batch_load
 from amp.streaming.reader import batch_events
+from amp.streaming.resilience import ResilienceConfig
 
 __all__ = ["Client", "LoadResult", "LoadRun", "QueryBuilder"]
 
@@ -178,7 +179,9 @@ class Client:
             raise ConfigError(f"config for {name!r} must be a dict, got {type(config).__name__}")
         check_keys(f"{loader} config", config, cls.config_keys | COMMON_KEYS)
         own = {key: value for key, value in config.items() if key not in COMMON_KEYS}
+        resilience = ResilienceConfig.from_dict(config.get("resilience"))
         instance = cls(own, connection_name=name)
+        instance.configure_resilience(resilience)
         with self._lock:
             previous = self._loaders.pop(name, None)
             self._connections[name] = (loader, dict(config))

@@ -5,7 +5,8 @@
     ├── ProtocolError          the server broke the wire contract (permanent)
     ├── ServerError            a call to the Amp server failed (``status`` = gRPC code)
     ├── DestinationError       a write/commit to the destination failed
-    └── FatalLoadError         the pipeline stopped to prevent data loss (RuntimeError)
+    ├── FatalLoadError         the pipeline stopped to prevent data loss (RuntimeError)
+    └── CircuitOpenError       rejected at once: the circuit breaker is open
 
 Each wraps the original exception as ``__cause__`` (raised ``from`` it).
 """
@@ -43,3 +44,14 @@ class DestinationError(AmpError):
 
 class FatalLoadError(AmpError, RuntimeError):
     """The load stopped on purpose so that nothing is lost or half-written."""
+
+
+class CircuitOpenError(AmpError):
+    """The circuit breaker is open: the call was rejected without being tried.
+
+    ``retry_in_seconds`` says when the breaker will admit a recovery probe.
+    """
+
+    def __init__(self, message: str, retry_in_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_in_seconds = retry_in_seconds

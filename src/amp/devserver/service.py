@@ -204,10 +204,9 @@ class FlightService:
             if planned.tables and head >= first:
                 whole = self.chain.snapshot(first, head)
                 ranges = (_block_range(whole),)
-                step = head - first + 1 if planned.non_incremental else self.options.max_interval
-                for start in range(first, head + 1, step):
-                    part = whole.slice(start, min(head, start + step - 1))
-                    results.extend(self.engine.execute(planned, part.table))
+                # One pass over the whole chain: a batch result may relate rows of different
+                # blocks (joins, subqueries), which per-range passes would silently lose.
+                results = self.engine.execute(planned, whole.table)
             else:
                 results = self.engine.execute(planned, lambda name: pa.table({}))
         except Exception as exc:

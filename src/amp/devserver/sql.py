@@ -92,10 +92,12 @@ class QueryEngine:
             schema = frame.schema()
         except Exception as exc:  # DataFusion raises plain exceptions: message is all we have
             raise _planning_error(exc) from exc
+        # The optimized plan too: subqueries in expressions (``IN (SELECT max(...))``) are
+        # not inputs of the logical plan, but the optimizer turns them into joins.
         violation = next(
             (
                 _NON_INCREMENTAL[name]
-                for name in map(_variant_name, _walk(plan))
+                for name in map(_variant_name, _walk(plan) + _walk(optimized))
                 if name in _NON_INCREMENTAL
             ),
             None,

@@ -82,9 +82,11 @@ def map_flight_errors(url: str, action: str) -> Iterator[None]:
     except (flight.FlightError, pa.ArrowException) as exc:
         status = grpc_status_of(exc) or "UNKNOWN"
         message = _server_message(exc)
-        if status == "UNAVAILABLE":
+        if status == "UNAVAILABLE" and action == "GetFlightInfo":
             message = f"cannot reach the Amp server at {url} ({message}); check the URL and "
             message += "that the server is running"
+        elif status == "UNAVAILABLE":
+            message = f"the connection to {url} dropped ({message})"
         raise ServerError(f"{action} failed with {status}: {message}", status) from exc
 
 

@@ -22,6 +22,14 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from amp.config import check_keys
+from amp.streaming.resilience import (
+    AdaptiveRateLimiter,
+    CircuitBreaker,
+    Clock,
+    ResilienceConfig,
+    RetryPolicy,
+    SystemClock,
+)
 
 
 class LoadMode(StrEnum):
@@ -42,6 +50,28 @@ class Loader(ABC):
         check_keys(f"{self.loader_type} config", config, self.config_keys)
         self.config = dict(config)
         self.connection_name = connection_name
+        self.configure_resilience(ResilienceConfig())
+
+    def configure_resilience(self, config: ResilienceConfig, clock: Clock | None = None) -> None:
+        """Set this connection's retry, breaker and rate-limit settings (and its clock).
+
+        ``circuit_breaker`` and ``rate_limiter`` are live objects, for monitoring.
+        """
+        self.resilience_config = config
+        self.clock: Clock = clock or SystemClock()
+        self.circuit_breaker = CircuitBreaker(
+            config.circuit_breaker, self.clock, name=self.connection_name
+        )
+        self.rate_limiter = AdaptiveRateLimiter(config.back_pressure, self.clock)
+
+    def retry_policy(self) -> RetryPolicy:
+        """A fresh retry loop (own backoff) sharing this connection's breaker and limiter."""
+        return RetryPolicy(
+            self.resilience_config,
+            breaker=self.circuit_breaker,
+            rate_limiter=self.rate_limiter,
+            clock=self.clock,
+        )
 
     def __repr__(self) -> str:  # never shows secrets
         return f"{type(self).__name__}({self.describe()})"

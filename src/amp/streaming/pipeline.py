@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from amp.errors import FatalLoadError, ProtocolError, ServerError
 from amp.flight.transport import FlightTransport, MessageStream
 from amp.loaders import Loader, LoadMode
 from amp.loaders.blocks import RANGE_END, add_range_columns, block_column, with_range_columns
@@ -45,11 +46,13 @@ class LoadResult:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+class _StreamEnded(Exception):
+    """A streaming query's stream ended without an error: reconnect and resume."""
+
+
 @dataclass(frozen=True)
 class _Restart:
-    """Reconnect the stream after ``after`` (None: from the first block)."""
-
-    after: BlockRange | None
+    """Reconnect the stream after the committed position."""
 
 
 @dataclass
@@ -76,8 +79,15 @@ class _Target:
 
 
 class StreamingLoad:
-    """One streaming load: ``results()`` yields until stopped, the stream fails, or the
-    caller stops iterating; the open transaction is rolled back on any exit."""
+    """One streaming load: ``results()`` yields until stopped, a fatal error, or the
+    caller stops iterating; the open transaction is rolled back on any exit.
+
+    Both edges are resilient. The server edge: a failed query or a stream that drops is
+    retried with backoff (through the breaker) and resumed with ``amp-resume`` after the
+    last committed microbatch; the partial one is rolled back, never committed twice.
+    The destination edge: every write and commit passes the rate limiter, the breaker
+    and the retries; a failed transaction is rolled back and the microbatch rewritten.
+    """
 
     def __init__(
         self,
@@ -97,7 +107,14 @@ class StreamingLoad:
         self.streaming_header = streaming_header
         self.resume_from = resume_from
         self.stop_event = stop_event or threading.Event()
+        self.clock = loader.clock
+        self.destination = loader.retry_policy()
+        self.server = loader.retry_policy()
         self._recent: deque[BlockRange] = deque(maxlen=_RECENT_RANGES)
+        self._pending: list[pa.RecordBatch] = []
+        self._in_transaction = False
+        # Where the destination's committed state ends: resume after it.
+        self.committed: BlockRange | None = resume_from
 
     def stop(self) -> None:
         """Ask the load to stop at the next microbatch boundary (safe from a signal handler)."""
@@ -108,55 +125,124 @@ class StreamingLoad:
             return None
         return {last.network: {"number": last.end, "hash": last.hash}}
 
+    def _result(self, rows: int, started: float, metadata: dict[str, Any]) -> LoadResult:
+        return LoadResult(
+            success=True,
+            rows_loaded=rows,
+            table_name=self.target.table,
+            loader_type=self.target.loader.loader_type,
+            duration=time.monotonic() - started,
+            metadata=metadata,
+        )
+
     def results(self) -> Iterator[LoadResult]:
         loader = self.target.loader
-        loader.connect()
-        last = self.resume_from
         try:
+            self.destination.call(loader.connect, what="connecting to the destination")
             while not self.stop_event.is_set():
-                stream = self.transport.execute(
-                    self.sql, streaming=self.streaming_header, resume=self._resume_header(last)
-                )
                 try:
-                    if self.target.schema is None:
-                        self.target.prepare(stream.schema)
-                    restart = yield from self._consume(stream, MicrobatchReader(last))
-                finally:
-                    loader.rollback()
-                    stream.close()
+                    restart = yield from self._run_stream(self.committed)
+                except (ServerError, ProtocolError, _StreamEnded) as exc:
+                    self._rollback()
+                    self.clock.sleep(self.server.failure(exc, "reading the stream"))
+                    continue
                 if restart is None:
                     return
-                last = restart.after
+        except FatalLoadError as exc:
+            yield LoadResult(
+                success=False,
+                rows_loaded=0,
+                table_name=self.target.table,
+                loader_type=loader.loader_type,
+                duration=0.0,
+                error=str(exc),
+                metadata={"operation": "fatal"},
+            )
+            raise
         finally:
-            loader.rollback()
+            self._rollback()
+
+    def _run_stream(self, last: BlockRange | None) -> Iterator[LoadResult]:
+        """One server stream from ``last``; returns where to restart, or None when done."""
+        stream = self.server.call(
+            lambda: self.transport.execute(
+                self.sql, streaming=self.streaming_header, resume=self._resume_header(last)
+            ),
+            what="querying the server",
+        )
+        try:
+            if self.target.schema is None:
+                self.destination.call(
+                    lambda: self.target.prepare(stream.schema),
+                    what="preparing the destination table",
+                    before_retry=self._rollback,
+                )
+            return (yield from self._consume(stream, MicrobatchReader(last)))
+        finally:
+            stream.close()
+
+    # -- destination operations, each retried whole -------------------------------------
+
+    def _rollback(self) -> None:
+        self.target.loader.rollback()
+        self._in_transaction = False
+
+    def _begin(self) -> None:
+        if not self._in_transaction:
+            self.target.loader.begin()
+            self._in_transaction = True
+
+    def _append(self, batch: pa.RecordBatch) -> None:
+        self._begin()
+        self.target.loader.write(self.target.table, batch)
+
+    def _replay(self) -> None:
+        """A fresh transaction holding every batch of the open microbatch."""
+        self._begin()
+        for batch in self._pending:
+            self.target.loader.write(self.target.table, batch)
+
+    def _commit(self) -> None:
+        self._begin()
+        self.target.loader.commit()
+        self._in_transaction = False
+
+    def _replay_and_commit(self) -> None:
+        self._replay()
+        self._commit()
 
     def _consume(self, stream: MessageStream, reader: MicrobatchReader) -> Iterator[LoadResult]:
-        """Apply one server stream; returns where to restart, or None when done."""
         loader = self.target.loader
-        pending: list[pa.RecordBatch] = []
+        self._pending = []
         started = time.monotonic()
         for event in reader.events(stream.messages(self.stop_event)):
             if isinstance(event, Data):
-                if not pending:
-                    loader.begin()
+                if not self._pending:
                     started = time.monotonic()
-                pending.append(event.batch)
-                loader.write(self.target.table, self.target.rows(event.batch, event.block_range))
+                rows = self.target.rows(event.batch, event.block_range)
+                self._pending.append(rows)
+                self.destination.call(
+                    lambda rows=rows: self._append(rows),
+                    before_retry=self._rollback,
+                    retry_operation=self._replay,
+                )
             elif isinstance(event, MicrobatchEnd):
-                if not pending:
-                    loader.begin()
+                if not self._pending:
                     started = time.monotonic()
-                loader.commit()
-                rows = sum(batch.num_rows for batch in pending)
-                pending = []
+                self.destination.call(
+                    self._commit,
+                    before_retry=self._rollback,
+                    retry_operation=self._replay_and_commit,
+                )
+                self.server.success()
+                count = sum(batch.num_rows for batch in self._pending)
+                self._pending = []
                 self._recent.append(event.block_range)
-                yield LoadResult(
-                    success=True,
-                    rows_loaded=rows,
-                    table_name=self.target.table,
-                    loader_type=loader.loader_type,
-                    duration=time.monotonic() - started,
-                    metadata={
+                self.committed = event.block_range
+                yield self._result(
+                    count,
+                    started,
+                    {
                         "operation": "load",
                         "block_ranges": [event.block_range.to_dict()],
                         "ranges_complete": True,
@@ -166,54 +252,58 @@ class StreamingLoad:
                     return None
             elif isinstance(event, Reorg):
                 restart = yield from self._apply_reorg(event)
-                if restart is not None:
-                    return restart
-        return None
+                if restart:
+                    return _Restart()
+        if self.stop_event.is_set():
+            return None
+        raise _StreamEnded(
+            f"the server ended a streaming query (after {loader.loader_type} load of "
+            f"{self.target.table}); streaming queries only end on error"
+        )
 
     def _apply_reorg(self, reorg: Reorg) -> Iterator[LoadResult]:
-        """Delete the invalidated rows in one transaction; for rows keyed by microbatch
-        range, widen to whole microbatches and return where to restart the stream."""
+        """Delete the invalidated rows in one transaction and move the committed position
+        to the fork point. Rows keyed only by their microbatch range are deleted by whole
+        microbatches; returns True when the stream must restart to fetch them again."""
         loader = self.target.loader
         started = time.monotonic()
-        start = reorg.invalidated.start
-        restart: _Restart | None = None
+        network = reorg.invalidated.network
+        start, end = reorg.invalidated.start, reorg.invalidated.end
+        parent_hash = reorg.incoming.prev_hash
+        restart = False
         if self.target.adds_range:
             straddling = next((r for r in self._recent if r.end >= start), None)
             if straddling is not None and straddling.start < start:
-                # Its rows carry only the microbatch range: delete it whole, fetch it again.
-                start = straddling.start
-                before = straddling.start - 1
-                restart = _Restart(
-                    BlockRange(straddling.network, before, before, hash=straddling.prev_hash)
-                    if before >= 0 and straddling.prev_hash is not None
-                    else None
-                )
-        loader.begin()
-        deleted = loader.delete_blocks(
-            self.target.table, self.target.column, start, reorg.invalidated.end
+                start, parent_hash, restart = straddling.start, straddling.prev_hash, True
+
+        def delete() -> int:
+            self._begin()
+            count = loader.delete_blocks(self.target.table, self.target.column, start, end)
+            self._commit()
+            return count
+
+        deleted = self.destination.call(
+            delete, what="invalidating reorged blocks", before_retry=self._rollback
         )
-        loader.commit()
         while self._recent and self._recent[-1].end >= start:
             self._recent.pop()
+        self.committed = (
+            BlockRange(network, start - 1, start - 1, hash=parent_hash) if start > 0 else None
+        )
         log.info(
             "Reorg on %s: blocks %d..%d invalidated, %d rows deleted from %s",
-            reorg.invalidated.network,
+            network,
             start,
-            reorg.invalidated.end,
+            end,
             deleted,
             self.target.table,
         )
-        yield LoadResult(
-            success=True,
-            rows_loaded=0,
-            table_name=self.target.table,
-            loader_type=loader.loader_type,
-            duration=time.monotonic() - started,
-            metadata={
+        yield self._result(
+            0,
+            started,
+            {
                 "operation": "reorg",
-                "invalidated_range": BlockRange(
-                    reorg.invalidated.network, start, reorg.invalidated.end
-                ).to_dict(),
+                "invalidated_range": BlockRange(network, start, end).to_dict(),
                 "rows_deleted": deleted,
             },
         )
@@ -230,49 +320,72 @@ def batch_load(
 ) -> Iterator[LoadResult]:
     """A batch query into one destination transaction: all rows or none.
 
-    One LoadResult per server batch as it is written (``metadata['committed']`` False),
-    then a final one when the transaction commits (``operation: 'commit'``). A stop
-    before the commit rolls everything back.
+    A transient failure on either edge rolls back and runs the whole query again. The
+    results (one per server batch, then ``operation: 'commit'``) are yielded once the
+    transaction has committed, so every success reported is durable. A stop before the
+    commit rolls everything back and yields nothing.
     """
-    loader.connect()
+    policy = loader.retry_policy()
     target = _Target(loader, table, mode)
-    stream = transport.execute(sql, streaming=False)
-    total = 0
-    started = time.monotonic()
-    try:
-        target.prepare(stream.schema)
-        loader.begin()
-        for index, event in enumerate(batch_events(stream.messages(stop_event))):
-            if stop_event is not None and stop_event.is_set():
+    stop = stop_event or threading.Event()
+
+    def attempt() -> list[LoadResult]:
+        loader.connect()
+        stream = transport.execute(sql, streaming=False)
+        results: list[LoadResult] = []
+        started = time.monotonic()
+        try:
+            target.prepare(stream.schema)
+            loader.begin()
+            for index, event in enumerate(batch_events(stream.messages(stop))):
+                batch_started = time.monotonic()
+                loader.write(table, target.rows(event.batch, None))
+                results.append(
+                    LoadResult(
+                        success=True,
+                        rows_loaded=event.batch.num_rows,
+                        table_name=table,
+                        loader_type=loader.loader_type,
+                        duration=time.monotonic() - batch_started,
+                        metadata={
+                            "operation": "load",
+                            "batch_index": index,
+                            "block_ranges": [r.to_dict() for r in event.ranges],
+                        },
+                    )
+                )
+            if stop.is_set():
                 loader.rollback()
-                return
-            batch_started = time.monotonic()
-            loader.write(table, target.rows(event.batch, None))
-            total += event.batch.num_rows
-            yield LoadResult(
+                return []
+            loader.commit()
+        finally:
+            stream.close()
+        total = sum(result.rows_loaded for result in results)
+        results.append(
+            LoadResult(
                 success=True,
-                rows_loaded=event.batch.num_rows,
+                rows_loaded=0,
                 table_name=table,
                 loader_type=loader.loader_type,
-                duration=time.monotonic() - batch_started,
-                metadata={
-                    "operation": "load",
-                    "batch_index": index,
-                    "block_ranges": [r.to_dict() for r in event.ranges],
-                    "committed": False,
-                },
+                duration=time.monotonic() - started,
+                metadata={"operation": "commit", "total_rows": total},
             )
-        if stop_event is not None and stop_event.is_set():
-            return
-        loader.commit()
+        )
+        return results
+
+    try:
+        results = policy.call(attempt, what="loading batch", before_retry=loader.rollback)
+    except FatalLoadError as exc:
         yield LoadResult(
-            success=True,
+            success=False,
             rows_loaded=0,
             table_name=table,
             loader_type=loader.loader_type,
-            duration=time.monotonic() - started,
-            metadata={"operation": "commit", "total_rows": total, "committed": True},
+            duration=0.0,
+            error=str(exc),
+            metadata={"operation": "fatal"},
         )
+        raise
     finally:
         loader.rollback()
-        stream.close()
+    yield from results
