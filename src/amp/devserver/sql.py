@@ -7,6 +7,7 @@ validated at GetFlightInfo, as the real server does, before any block is generat
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,7 +28,12 @@ _NON_INCREMENTAL = {
     "Sort": "ORDER BY",
     "Window": "a window function",
     "WindowExpr": "a window function",
+    "WindowAggr": "a window function",  # the Window node's name in a plan's display
 }
+
+# One node per line of ``LogicalPlan.display_indent()``: its name and first argument. Unlike
+# ``inputs()``, the display includes subqueries inside expressions (scalar, IN, EXISTS).
+_DISPLAY_NODE = re.compile(r"^[ \t]*(\w+):[ \t]*(\S*)", re.MULTILINE)
 
 
 class QueryError(Exception):
@@ -92,12 +98,11 @@ class QueryEngine:
             schema = frame.schema()
         except Exception as exc:  # DataFusion raises plain exceptions: message is all we have
             raise _planning_error(exc) from exc
-        # The optimized plan too: subqueries in expressions (``IN (SELECT max(...))``) are
-        # not inputs of the logical plan, but the optimizer turns them into joins.
+        displayed = _DISPLAY_NODE.findall(plan.display_indent())
         violation = next(
             (
                 _NON_INCREMENTAL[name]
-                for name in map(_variant_name, _walk(plan) + _walk(optimized))
+                for name in [*map(_variant_name, _walk(plan)), *(name for name, _ in displayed)]
                 if name in _NON_INCREMENTAL
             ),
             None,
@@ -115,6 +120,11 @@ class QueryEngine:
                     str(node.to_variant().table_name()).rsplit(".", 1)[-1]
                     for node in _walk(optimized)
                     if _variant_name(node) == "TableScan"
+                }
+                | {
+                    table.rsplit(".", 1)[-1]
+                    for name, table in displayed
+                    if name == "TableScan" and table.rsplit(".", 1)[-1] in TABLE_SCHEMAS
                 }
             )
         )
