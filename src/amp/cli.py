@@ -47,6 +47,9 @@ def _add_dev(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dev.add_argument("--reorg-depth", type=int, default=1, help="blocks replaced by each reorg")
     dev.add_argument("--max-interval", type=int, default=1000, help="most blocks per microbatch")
     dev.add_argument(
+        "--txs-per-block", type=int, default=10, help="mean transactions per block (logs ~1.5x)"
+    )
+    dev.add_argument(
         "--auth-token", default=None, help="require 'authorization: Bearer TOKEN' on every call"
     )
     dev.set_defaults(run=_run_dev)
@@ -68,6 +71,7 @@ def _run_dev(args: argparse.Namespace) -> int:
         host=args.host,
         reorg_every=args.reorg_every,
         reorg_depth=args.reorg_depth,
+        mean_txs_per_block=args.txs_per_block,
     )
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

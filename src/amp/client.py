@@ -23,6 +23,9 @@ from amp.config import check_keys, suggest, typed
 from amp.errors import ConfigError
 from amp.flight.transport import FlightTransport
 from amp.loaders import LOADERS, Loader, LoadMode, loader_class
+from amp.streaming.checkpoint import CheckpointConfig
+from amp.streaming.delivery import Delivery
+from amp.streaming.idempotency import IdempotencyConfig
 from amp.streaming.pipeline import LoadResult, StreamingLoad, batch_load
 from amp.streaming.reader import batch_events
 from amp.streaming.resilience import ResilienceConfig
@@ -107,8 +110,17 @@ class QueryBuilder:
                 stop,
             )
         sql, header = self._streaming_sql()
+        delivery = Delivery(
+            loader, destination, loader.checkpoint_config, loader.idempotency_config
+        )
         load = StreamingLoad(
-            self.client.transport, loader, destination, sql, mode=mode, streaming_header=header
+            self.client.transport,
+            loader,
+            destination,
+            sql,
+            mode=mode,
+            streaming_header=header,
+            delivery=delivery,
         )
         return LoadRun(_closing(load, loader), load.stop_event)
 
@@ -180,8 +192,17 @@ class Client:
         check_keys(f"{loader} config", config, cls.config_keys | COMMON_KEYS)
         own = {key: value for key, value in config.items() if key not in COMMON_KEYS}
         resilience = ResilienceConfig.from_dict(config.get("resilience"))
+        checkpoint = CheckpointConfig.from_dict(config.get("checkpoint"))
+        idempotency = IdempotencyConfig.from_dict(config.get("idempotency"))
         instance = cls(own, connection_name=name)
         instance.configure_resilience(resilience)
+        instance.checkpoint_config = checkpoint
+        instance.idempotency_config = idempotency
+        if (checkpoint.enabled or idempotency.enabled) and not hasattr(instance, "state_store"):
+            raise ConfigError(
+                f"the {loader} loader cannot keep checkpoints or processed ranges in its "
+                "destination yet; disable 'checkpoint' and 'idempotency' for it"
+            )
         with self._lock:
             previous = self._loaders.pop(name, None)
             self._connections[name] = (loader, dict(config))

@@ -19,6 +19,8 @@ import pyarrow as pa
 from amp.devserver import datagen
 
 ZERO_HASH = b"\x00" * 32
+# Blocks per numpy pass when generating a range's rows (bounds the generator's memory).
+GENERATE_CHUNK_BLOCKS = 1000
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,15 @@ class RangeSnapshot:
         return datagen.GENESIS_UNIX_SECONDS + self.end * datagen.SECONDS_PER_BLOCK
 
     def table(self, name: str) -> pa.Table:
-        return datagen.generate(name, self.span)
+        # Generated GENERATE_CHUNK_BLOCKS at a time: one numpy pass over a long range would
+        # hold intermediates several times the result's size (a whole-chain batch query).
+        if self.end - self.start < GENERATE_CHUNK_BLOCKS:
+            return datagen.generate(name, self.span)
+        return pa.concat_tables(
+            datagen.generate(name, self.slice(start, min(self.end, start + step)).span)
+            for start in range(self.start, self.end + 1, GENERATE_CHUNK_BLOCKS)
+            for step in [GENERATE_CHUNK_BLOCKS - 1]
+        )
 
     def slice(self, start: int, end: int) -> RangeSnapshot:
         """The sub-range ``start..end`` of this snapshot (same moment, same hashes)."""

@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from amp.config import check_keys
+from amp.streaming.checkpoint import CheckpointConfig
+from amp.streaming.idempotency import IdempotencyConfig
 from amp.streaming.resilience import (
     AdaptiveRateLimiter,
     CircuitBreaker,
@@ -51,6 +53,8 @@ class Loader(ABC):
         self.config = dict(config)
         self.connection_name = connection_name
         self.configure_resilience(ResilienceConfig())
+        self.checkpoint_config = CheckpointConfig()
+        self.idempotency_config = IdempotencyConfig()
 
     def configure_resilience(self, config: ResilienceConfig, clock: Clock | None = None) -> None:
         """Set this connection's retry, breaker and rate-limit settings (and its clock).

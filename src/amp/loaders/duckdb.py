@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import duckdb
@@ -16,6 +17,7 @@ import pyarrow as pa
 from amp.config import typed
 from amp.errors import ConfigError, DestinationError
 from amp.loaders.base import Loader, LoadMode
+from amp.streaming.state_sql import DUCKDB, SqlStateStore
 
 _VIEW = "__amp_incoming"
 
@@ -153,6 +155,14 @@ class DuckDBLoader(Loader):
             with contextlib.suppress(Exception):
                 self._conn.execute("ROLLBACK")
         self._in_transaction = False
+
+    def state_store(self, prefix: str) -> SqlStateStore:
+        """Checkpoint and processed-range tables, written in this loader's transaction."""
+        return SqlStateStore(DUCKDB, self._execute_state, prefix)
+
+    def _execute_state(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        result = self._run(statement, "delivery state statement", tuple(params))
+        return result.fetchall() if result is not None else []
 
     def _run(self, statement: str, action: str, parameters: tuple[Any, ...] = ()) -> Any:
         try:

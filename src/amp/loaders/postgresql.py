@@ -11,6 +11,7 @@ store every text column as ``'bytea'`` (lossless).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import pgpq
@@ -22,6 +23,7 @@ from psycopg import sql
 from amp.config import typed
 from amp.errors import ConfigError, DestinationError
 from amp.loaders.base import Loader, LoadMode
+from amp.streaming.state_sql import POSTGRESQL, SqlStateStore
 
 _TEXT_NUL_CHOICES = ("error", "strip", "bytea")
 
@@ -371,8 +373,21 @@ class PostgreSQLLoader(Loader):
 
     @property
     def connection(self) -> psycopg.Connection[Any]:
-        """The live psycopg connection (for checkpoint and idempotency state)."""
+        """The live psycopg connection."""
         return self._connection()
+
+    def state_store(self, prefix: str) -> SqlStateStore:
+        """Checkpoint and processed-range tables, written in this loader's transaction."""
+        return SqlStateStore(POSTGRESQL, self._execute_state, prefix)
+
+    def _execute_state(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        self._finish_copy()
+        try:
+            with self._connection().cursor() as cur:
+                cur.execute(statement, params)
+                return cur.fetchall() if cur.description is not None else []
+        except psycopg.Error as exc:
+            raise _destination_error(exc, "delivery state statement") from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,7 +1,7 @@
 """The load loop: stream events in, destination transactions out, one LoadResult each.
 
-This is the single place where reorgs, microbatches and (later) retries, checkpoints
-and duplicate checks meet. A microbatch is written as its messages arrive (the network
+This is the single place where reorgs, microbatches, retries, checkpoints and duplicate
+checks meet. A microbatch is written as its messages arrive (the network
 and the destination work at the same time) inside one destination transaction, which
 commits only at the server's ``ranges_complete`` marker. Its batches are kept until
 then, so a failed transaction can be rolled back and written again whole.
@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -23,7 +24,11 @@ from amp.errors import FatalLoadError, ProtocolError, ServerError
 from amp.flight.transport import FlightTransport, MessageStream
 from amp.loaders import Loader, LoadMode
 from amp.loaders.blocks import RANGE_END, add_range_columns, block_column, with_range_columns
+from amp.streaming.checkpoint import CheckpointConfig
+from amp.streaming.delivery import Delivery
+from amp.streaming.idempotency import IdempotencyConfig
 from amp.streaming.reader import Data, MicrobatchEnd, MicrobatchReader, Reorg, batch_events
+from amp.streaming.state_sql import ProcessedRange
 from amp.streaming.types import BlockRange
 
 log = logging.getLogger("amp.streaming")
@@ -78,6 +83,21 @@ class _Target:
         return add_range_columns(batch, block_range) if self.adds_range else batch
 
 
+@dataclass
+class _Microbatch:
+    """The open microbatch: its range, its rows so far, and what its transaction holds."""
+
+    block_range: BlockRange
+    started: float = field(default_factory=time.monotonic)
+    batches: list[pa.RecordBatch] = field(default_factory=list)
+    opened: bool = False  # the transaction is begun and checked for duplicates
+    duplicate: ProcessedRange | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(batch.num_rows for batch in self.batches)
+
+
 class StreamingLoad:
     """One streaming load: ``results()`` yields until stopped, a fatal error, or the
     caller stops iterating; the open transaction is rolled back on any exit.
@@ -86,7 +106,9 @@ class StreamingLoad:
     retried with backoff (through the breaker) and resumed with ``amp-resume`` after the
     last committed microbatch; the partial one is rolled back, never committed twice.
     The destination edge: every write and commit passes the rate limiter, the breaker
-    and the retries; a failed transaction is rolled back and the microbatch rewritten.
+    and the retries; a failed transaction is rolled back and the microbatch written
+    again, after deleting its blocks' rows, so even a commit whose outcome was unknown
+    cannot leave them twice.
     """
 
     def __init__(
@@ -100,20 +122,20 @@ class StreamingLoad:
         streaming_header: bool | None = None,
         resume_from: BlockRange | None = None,
         stop_event: threading.Event | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
         self.transport = transport
         self.target = _Target(loader, table, mode)
         self.sql = sql
         self.streaming_header = streaming_header
-        self.resume_from = resume_from
         self.stop_event = stop_event or threading.Event()
         self.clock = loader.clock
         self.destination = loader.retry_policy()
         self.server = loader.retry_policy()
+        self.delivery = delivery or Delivery(loader, table, CheckpointConfig(), IdempotencyConfig())
         self._recent: deque[BlockRange] = deque(maxlen=_RECENT_RANGES)
-        self._pending: list[pa.RecordBatch] = []
         self._in_transaction = False
-        # Where the destination's committed state ends: resume after it.
+        # Where the destination's committed state ends: the stream resumes after it.
         self.committed: BlockRange | None = resume_from
 
     def stop(self) -> None:
@@ -135,10 +157,22 @@ class StreamingLoad:
             metadata=metadata,
         )
 
+    def _start(self) -> None:
+        loader = self.target.loader
+        loader.connect()
+        if self.target.mode is LoadMode.OVERWRITE:
+            self.delivery.forget()
+        self.delivery.prepare()
+        checkpoint = self.delivery.resume_point()
+        if checkpoint is not None:
+            self.committed = checkpoint
+
     def results(self) -> Iterator[LoadResult]:
         loader = self.target.loader
         try:
-            self.destination.call(loader.connect, what="connecting to the destination")
+            self.destination.call(
+                self._start, what="preparing the destination", before_retry=self._rollback
+            )
             while not self.stop_event.is_set():
                 try:
                     restart = yield from self._run_stream(self.committed)
@@ -192,62 +226,82 @@ class StreamingLoad:
             self.target.loader.begin()
             self._in_transaction = True
 
-    def _append(self, batch: pa.RecordBatch) -> None:
-        self._begin()
-        self.target.loader.write(self.target.table, batch)
-
-    def _replay(self) -> None:
-        """A fresh transaction holding every batch of the open microbatch."""
-        self._begin()
-        for batch in self._pending:
-            self.target.loader.write(self.target.table, batch)
-
     def _commit(self) -> None:
         self._begin()
         self.target.loader.commit()
         self._in_transaction = False
 
-    def _replay_and_commit(self) -> None:
-        self._replay()
+    def _open(self, microbatch: _Microbatch, replay: bool) -> None:
+        """Begin its transaction; skip it if already processed; else make writing it
+        idempotent by deleting whatever rows its blocks already have (a replay, or a
+        range the server sent again)."""
+        self._begin()
+        block_range = microbatch.block_range
+        microbatch.duplicate = self.delivery.find_duplicate(block_range, self.target.adds_range)
+        if microbatch.duplicate is None and (replay or self.delivery.idempotent):
+            self.target.loader.delete_blocks(
+                self.target.table, self.target.column, block_range.start, block_range.end
+            )
+        microbatch.opened = True
+
+    def _append(self, microbatch: _Microbatch, batch: pa.RecordBatch) -> None:
+        if not microbatch.opened:
+            self._open(microbatch, replay=False)
+        if microbatch.duplicate is None:
+            self.target.loader.write(self.target.table, batch)
+
+    def _replay(self, microbatch: _Microbatch) -> None:
+        """A fresh transaction holding every batch of the microbatch so far."""
+        self._open(microbatch, replay=True)
+        if microbatch.duplicate is None:
+            for batch in microbatch.batches:
+                self.target.loader.write(self.target.table, batch)
+
+    def _finish(self, microbatch: _Microbatch) -> None:
+        if not microbatch.opened:
+            self._open(microbatch, replay=False)
+        if microbatch.duplicate is not None:
+            self._rollback()
+            return
+        self.delivery.record(microbatch.block_range, microbatch.batches)
         self._commit()
+
+    def _replay_and_finish(self, microbatch: _Microbatch) -> None:
+        self._replay(microbatch)
+        self._finish(microbatch)
+
+    def _failed(self, microbatch: _Microbatch) -> None:
+        self._rollback()
+        microbatch.opened = False
 
     def _consume(self, stream: MessageStream, reader: MicrobatchReader) -> Iterator[LoadResult]:
         loader = self.target.loader
-        self._pending = []
-        started = time.monotonic()
+        microbatch: _Microbatch | None = None
         for event in reader.events(stream.messages(self.stop_event)):
             if isinstance(event, Data):
-                if not self._pending:
-                    started = time.monotonic()
+                assert event.block_range is not None
+                if microbatch is None:
+                    microbatch = _Microbatch(event.block_range)
                 rows = self.target.rows(event.batch, event.block_range)
-                self._pending.append(rows)
+                microbatch.batches.append(rows)
                 self.destination.call(
-                    lambda rows=rows: self._append(rows),
-                    before_retry=self._rollback,
-                    retry_operation=self._replay,
+                    partial(self._append, microbatch, rows),
+                    before_retry=partial(self._failed, microbatch),
+                    retry_operation=partial(self._replay, microbatch),
                 )
             elif isinstance(event, MicrobatchEnd):
-                if not self._pending:
-                    started = time.monotonic()
+                current = microbatch or _Microbatch(event.block_range)
+                microbatch = None
                 self.destination.call(
-                    self._commit,
-                    before_retry=self._rollback,
-                    retry_operation=self._replay_and_commit,
+                    partial(self._finish, current),
+                    before_retry=partial(self._failed, current),
+                    retry_operation=partial(self._replay_and_finish, current),
                 )
                 self.server.success()
-                count = sum(batch.num_rows for batch in self._pending)
-                self._pending = []
                 self._recent.append(event.block_range)
                 self.committed = event.block_range
-                yield self._result(
-                    count,
-                    started,
-                    {
-                        "operation": "load",
-                        "block_ranges": [event.block_range.to_dict()],
-                        "ranges_complete": True,
-                    },
-                )
+                yield self._microbatch_result(current)
+                self.delivery.cleanup_if_due()
                 if self.stop_event.is_set():
                     return None
             elif isinstance(event, Reorg):
@@ -261,9 +315,27 @@ class StreamingLoad:
             f"{self.target.table}); streaming queries only end on error"
         )
 
+    def _microbatch_result(self, microbatch: _Microbatch) -> LoadResult:
+        ranges = [microbatch.block_range.to_dict()]
+        if microbatch.duplicate is not None:
+            self.delivery.check_content(
+                microbatch.duplicate, microbatch.block_range, microbatch.batches
+            )
+            return self._result(
+                0,
+                microbatch.started,
+                {"operation": "skip_duplicate", "block_ranges": ranges, "ranges_complete": True},
+            )
+        return self._result(
+            microbatch.rows,
+            microbatch.started,
+            {"operation": "load", "block_ranges": ranges, "ranges_complete": True},
+        )
+
+
     def _apply_reorg(self, reorg: Reorg) -> Iterator[LoadResult]:
-        """Delete the invalidated rows in one transaction and move the committed position
-        to the fork point. Rows keyed only by their microbatch range are deleted by whole
+        """Delete the invalidated rows, forget their ranges and checkpoint the fork point,
+        in one transaction. Rows keyed only by their microbatch range are deleted by whole
         microbatches; returns True when the stream must restart to fetch them again."""
         loader = self.target.loader
         started = time.monotonic()
@@ -276,14 +348,15 @@ class StreamingLoad:
             if straddling is not None and straddling.start < start:
                 start, parent_hash, restart = straddling.start, straddling.prev_hash, True
 
-        def delete() -> int:
+        def invalidate() -> int:
             self._begin()
             count = loader.delete_blocks(self.target.table, self.target.column, start, end)
+            self.delivery.record_reorg(network, start, parent_hash)
             self._commit()
             return count
 
         deleted = self.destination.call(
-            delete, what="invalidating reorged blocks", before_retry=self._rollback
+            invalidate, what="invalidating reorged blocks", before_retry=self._rollback
         )
         while self._recent and self._recent[-1].end >= start:
             self._recent.pop()
