@@ -137,6 +137,21 @@ def _add_load(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="what to do with existing rows",
     )
     load.add_argument("--auth-token", default=None, help="bearer token (default: $AMP_AUTH_TOKEN)")
+    load.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="save a checkpoint with every microbatch and resume from it on restart",
+    )
+    load.add_argument(
+        "--idempotency",
+        action="store_true",
+        help="record processed ranges and skip any the server sends again (exactly once)",
+    )
+    load.add_argument(
+        "--connection-name",
+        default="cli",
+        help="name that keys this load's checkpoints and processed ranges (default: cli)",
+    )
     load.add_argument("--no-progress", action="store_true", help="no live progress line")
     load.set_defaults(run=_run_load)
 
@@ -175,10 +190,15 @@ def _run_load(args: argparse.Namespace) -> int:
     from amp.client import Client
 
     loader, config = destination_from_url(args.to)
+    if args.checkpoint:
+        config["checkpoint"] = {"enabled": True}
+    if args.idempotency:
+        config["idempotency"] = {"enabled": True}
     client = Client(args.server, auth_token=args.auth_token)
+    name = args.connection_name
     try:
-        client.configure_connection("cli", loader, config)
-        load = client.sql(args.query).load("cli", args.table, stream=args.stream, mode=args.mode)
+        client.configure_connection(name, loader, config)
+        load = client.sql(args.query).load(name, args.table, stream=args.stream, mode=args.mode)
         head_sql = head_query_for(args.query)
         tracker = HeadTracker(client.transport, head_sql) if head_sql and args.stream else None
         display = ProgressDisplay(args.table, tracker, disabled=args.no_progress)
@@ -229,11 +249,18 @@ def _run_query(args: argparse.Namespace) -> int:
 
 
 def configure_logging(level: int) -> None:
-    """Log through rich on the progress line's console, so records print above it."""
-    from rich.logging import RichHandler
+    """On a terminal, log through rich on the progress line's console, so records print
+    above it; elsewhere (files, pipes, CI), one plain line per record."""
+    handler: logging.Handler
+    if STDERR.is_terminal:
+        from rich.logging import RichHandler
 
-    handler = RichHandler(console=STDERR, show_path=False, rich_tracebacks=False)
-    logging.basicConfig(level=level, format="%(name)s: %(message)s", handlers=[handler])
+        handler = RichHandler(console=STDERR, show_path=False, rich_tracebacks=False)
+        fmt = "%(name)s: %(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

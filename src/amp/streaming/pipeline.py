@@ -332,7 +332,6 @@ class StreamingLoad:
             {"operation": "load", "block_ranges": ranges, "ranges_complete": True},
         )
 
-
     def _apply_reorg(self, reorg: Reorg) -> Iterator[LoadResult]:
         """Delete the invalidated rows, forget their ranges and checkpoint the fork point,
         in one transaction. Rows keyed only by their microbatch range are deleted by whole

@@ -1,0 +1,181 @@
+"""Exactly once through crashes: a real ``amp load`` process is killed with SIGKILL at
+random moments while new blocks and reorgs arrive, and restarted each time. Afterwards
+the destination must hold every canonical row exactly once and no row of a forked block.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import psycopg
+import pyarrow as pa
+import pytest
+
+from amp.client import Client
+from amp.devserver import DevServer
+
+KILLS = 20
+QUERY = "SELECT * FROM eth_firehose.logs"
+KEYS = ["block_num", "log_index", "block_hash", "tx_hash", "data"]
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+CONNECTION = "crash"
+STARTED_LINE = "Loading checkpoint for connection=crash"
+
+
+class LoadProcess:
+    """``amp load`` in a child process; its stderr is read by a thread (no pipe stalls)."""
+
+    def __init__(self, server_url: str, destination: str, table: str) -> None:
+        command = [
+            sys.executable, "-m", "amp.cli", "load", "--server", server_url, "--query", QUERY,
+            "--to", destination, "--table", table, "--stream", "--checkpoint", "--idempotency",
+            "--no-progress", "--connection-name", CONNECTION,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: list[str] = []
+        self.started = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if STARTED_LINE in line:
+                self.started.set()
+        self.started.set()  # the process ended: let the waiter look at why
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self._reader.join(timeout=30)
+
+
+def crash_and_restart(server: DevServer, destination: str, table: str, seed: int) -> int:
+    """Start, kill and restart the load KILLS times; returns the kills that hit a running
+    load (all of them, or the test fails)."""
+    rng = random.Random(seed)
+    for attempt in range(KILLS):
+        load = LoadProcess(server.url, destination, table)
+        assert load.started.wait(timeout=60), "amp load did not start within 60 s"
+        if load.process.poll() is not None:
+            pytest.fail(f"amp load exited by itself (attempt {attempt}):\n{''.join(load.lines)}")
+        # The moment of the kill is the experiment's input: anywhere in the next 1.5 s,
+        # which spans COPYs, commits, reorgs and waits for new blocks.
+        threading.Event().wait(rng.uniform(0.0, 1.5))
+        if load.process.poll() is not None:
+            pytest.fail(f"amp load exited by itself (attempt {attempt}):\n{''.join(load.lines)}")
+        load.kill()
+    return KILLS
+
+
+def catch_up(server: DevServer, loader: str, config: dict[str, object], table: str) -> None:
+    """With block production stopped, run the load in-process until it reaches the head.
+
+    One more block is mined so that there is always a microbatch to reach the head with,
+    even when a killed run had already committed the last one."""
+    server.stop_block_production()
+    server.chain.mine(1)
+    client = Client(server.url)
+    client.configure_connection(
+        CONNECTION,
+        loader,
+        {**config, "checkpoint": {"enabled": True}, "idempotency": {"enabled": True}},
+    )
+    head = server.chain.head
+    run = client.sql(QUERY).load(CONNECTION, table, stream=True)
+    try:
+        for result in run:
+            assert result.success, result.error
+            ranges = result.metadata.get("block_ranges") or []
+            if ranges and ranges[-1]["end"] == head:
+                break
+    finally:
+        run.close()
+        client.close()
+
+
+def assert_equals_chain(destination: pa.Table, server: DevServer) -> None:
+    canonical = server.chain.canonical_table("logs").select(KEYS)
+    order = [("block_num", "ascending"), ("log_index", "ascending")]
+    ours = destination.select(KEYS).cast(canonical.schema).sort_by(order)
+    keys = ours.select(["block_num", "log_index"])
+    distinct = keys.group_by(["block_num", "log_index"]).aggregate([]).num_rows
+    assert distinct == keys.num_rows, f"{keys.num_rows - distinct} duplicate rows"
+    assert ours.num_rows == canonical.num_rows
+    assert ours.equals(canonical.sort_by(order)), "rows differ from the canonical chain"
+
+
+@pytest.fixture
+def busy_chain() -> Iterator[DevServer]:
+    """A chain that grows 20 blocks a second with a reorg of depth 4 every 15 blocks."""
+    with DevServer(
+        port=0,
+        seed=7,
+        initial_blocks=3_000,
+        max_interval=300,
+        block_time=0.05,
+        reorg_every=15,
+        reorg_depth=4,
+        mean_txs_per_block=30,
+    ) as server:
+        yield server
+
+
+@pytest.mark.slow
+def test_postgresql_exactly_once_through_sigkills(busy_chain: DevServer) -> None:
+    table = f"crash_{uuid.uuid4().hex[:10]}"
+    try:
+        crash_and_restart(busy_chain, PG_URL, table, seed=11)
+        catch_up(busy_chain, "postgresql", {"dsn": PG_DSN}, table)
+        assert len(busy_chain.chain.reorgs) >= 5, "the run should have seen reorgs"
+        with psycopg.connect(PG_DSN) as conn:
+            columns = ", ".join(KEYS)
+            rows = conn.execute(f"SELECT {columns} FROM {table}").fetchall()
+        destination = pa.table(
+            {
+                "block_num": pa.array([int(r[0]) for r in rows], pa.uint64()),
+                "log_index": pa.array([int(r[1]) for r in rows], pa.uint32()),
+                "block_hash": pa.array([bytes(r[2]) for r in rows], pa.binary(32)),
+                "tx_hash": pa.array([bytes(r[3]) for r in rows], pa.binary(32)),
+                "data": pa.array([bytes(r[4]) for r in rows], pa.binary()),
+            }
+        )
+        assert_equals_chain(destination, busy_chain)
+    finally:
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+            for state in ("amp_checkpoints", "amp_processed_ranges", "amp_checkpoint_history"):
+                conn.execute(f"DELETE FROM {state} WHERE table_name = %s", (table,)) if _exists(
+                    conn, state
+                ) else None
+
+
+def _exists(conn: psycopg.Connection[tuple[object, ...]], table: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+    return bool(row and row[0])
+
+
+@pytest.mark.slow
+def test_duckdb_exactly_once_through_sigkills(busy_chain: DevServer, tmp_path: Path) -> None:
+    path = tmp_path / "crash.duckdb"
+    table = "crash_logs"
+    crash_and_restart(busy_chain, f"duckdb:///{path}", table, seed=13)
+    catch_up(busy_chain, "duckdb", {"database": str(path)}, table)
+    assert len(busy_chain.chain.reorgs) >= 5, "the run should have seen reorgs"
+    with duckdb.connect(str(path), read_only=True) as conn:
+        destination = conn.sql(f"SELECT {', '.join(KEYS)} FROM {table}").to_arrow_table()
+    assert_equals_chain(destination, busy_chain)
+    assert os.path.exists(path)
