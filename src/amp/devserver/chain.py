@@ -68,10 +68,10 @@ class RangeSnapshot:
         # hold intermediates several times the result's size (a whole-chain batch query).
         if self.end - self.start < GENERATE_CHUNK_BLOCKS:
             return datagen.generate(name, self.span)
+        step = GENERATE_CHUNK_BLOCKS
         return pa.concat_tables(
-            datagen.generate(name, self.slice(start, min(self.end, start + step)).span)
-            for start in range(self.start, self.end + 1, GENERATE_CHUNK_BLOCKS)
-            for step in [GENERATE_CHUNK_BLOCKS - 1]
+            datagen.generate(name, self.slice(start, min(self.end, start + step - 1)).span)
+            for start in range(self.start, self.end + 1, step)
         )
 
     def slice(self, start: int, end: int) -> RangeSnapshot:

@@ -7,12 +7,14 @@ from amp.errors import ConfigError
 from amp.loaders.base import Loader, LoadMode
 from amp.loaders.duckdb import DuckDBLoader
 from amp.loaders.postgresql import PostgreSQLLoader
+from amp.loaders.redis import RedisLoader
 
 __all__ = ["LOADERS", "LoadMode", "Loader", "loader_class"]
 
 LOADERS: dict[str, type[Loader]] = {
     PostgreSQLLoader.loader_type: PostgreSQLLoader,
     DuckDBLoader.loader_type: DuckDBLoader,
+    RedisLoader.loader_type: RedisLoader,
 }
 
 

@@ -32,6 +32,7 @@ from amp.streaming.resilience import (
     RetryPolicy,
     SystemClock,
 )
+from amp.streaming.types import BlockRange
 
 
 class LoadMode(StrEnum):
@@ -104,8 +105,11 @@ class Loader(ABC):
     def begin(self) -> None: ...
 
     @abstractmethod
-    def write(self, table: str, batch: pa.RecordBatch) -> int:
-        """Append ``batch`` inside the open transaction; returns the rows written."""
+    def write(
+        self, table: str, batch: pa.RecordBatch, block_range: BlockRange | None = None
+    ) -> int:
+        """Append ``batch`` (rows of ``block_range``, when streamed) inside the open
+        transaction; returns the rows written."""
 
     @abstractmethod
     def delete_blocks(self, table: str, block_column: str, start: int, end: int) -> int:

@@ -18,6 +18,7 @@ from amp.config import typed
 from amp.errors import ConfigError, DestinationError
 from amp.loaders.base import Loader, LoadMode
 from amp.streaming.state_sql import DUCKDB, SqlStateStore
+from amp.streaming.types import BlockRange
 
 _VIEW = "__amp_incoming"
 
@@ -122,7 +123,9 @@ class DuckDBLoader(Loader):
         self._run("BEGIN TRANSACTION", "BEGIN")
         self._in_transaction = True
 
-    def write(self, table: str, batch: pa.RecordBatch) -> int:
+    def write(
+        self, table: str, batch: pa.RecordBatch, block_range: BlockRange | None = None
+    ) -> int:
         conn = self.connection
         columns = ", ".join(_quote(name) for name in batch.schema.names)
         try:

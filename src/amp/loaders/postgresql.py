@@ -24,6 +24,7 @@ from amp.config import typed
 from amp.errors import ConfigError, DestinationError
 from amp.loaders.base import Loader, LoadMode
 from amp.streaming.state_sql import POSTGRESQL, SqlStateStore
+from amp.streaming.types import BlockRange
 
 _TEXT_NUL_CHOICES = ("error", "strip", "bytea")
 
@@ -299,7 +300,9 @@ class PostgreSQLLoader(Loader):
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             raise DestinationError("begin() while a transaction is already open")
 
-    def write(self, table: str, batch: pa.RecordBatch) -> int:
+    def write(
+        self, table: str, batch: pa.RecordBatch, block_range: BlockRange | None = None
+    ) -> int:
         writer = self._writers.get(table)
         if writer is None:
             raise DestinationError(f"write to {table} before prepare_table()")

@@ -19,7 +19,7 @@ from typing import Any
 
 from amp.config import check_keys, typed
 from amp.errors import ConfigError
-from amp.streaming.state_sql import SqlStateStore
+from amp.streaming.state import StateStore
 from amp.streaming.types import BlockRange, MetadataError
 
 log = logging.getLogger("amp.streaming.checkpoint")
@@ -101,7 +101,7 @@ class CheckpointState:
 class CheckpointStore:
     """Saves, loads and deletes checkpoints of one connection in its destination."""
 
-    def __init__(self, state: SqlStateStore, connection_name: str) -> None:
+    def __init__(self, state: StateStore, connection_name: str) -> None:
         self.state = state
         self.connection_name = connection_name
 

@@ -19,7 +19,7 @@ from amp.errors import FatalLoadError
 from amp.loaders.base import Loader
 from amp.streaming.checkpoint import CheckpointConfig, CheckpointState, CheckpointStore
 from amp.streaming.idempotency import IdempotencyConfig, batch_hash
-from amp.streaming.state_sql import ProcessedRange, SqlStateStore
+from amp.streaming.state import ProcessedRange, StateStore
 from amp.streaming.types import BlockRange
 
 log = logging.getLogger("amp.streaming.delivery")
@@ -45,7 +45,7 @@ class Delivery:
         self.idempotency_config = idempotency
         self.idempotent = idempotency.enabled
         self.checkpoints: CheckpointStore | None = None
-        self.ranges: SqlStateStore | None = None
+        self.ranges: StateStore | None = None
         if not (checkpoint.enabled or idempotency.enabled):
             return
         store_for = loader.state_store  # type: ignore[attr-defined]  # checked at configure

@@ -28,7 +28,7 @@ from amp.streaming.checkpoint import CheckpointConfig
 from amp.streaming.delivery import Delivery
 from amp.streaming.idempotency import IdempotencyConfig
 from amp.streaming.reader import Data, MicrobatchEnd, MicrobatchReader, Reorg, batch_events
-from amp.streaming.state_sql import ProcessedRange
+from amp.streaming.state import ProcessedRange
 from amp.streaming.types import BlockRange
 
 log = logging.getLogger("amp.streaming")
@@ -248,14 +248,14 @@ class StreamingLoad:
         if not microbatch.opened:
             self._open(microbatch, replay=False)
         if microbatch.duplicate is None:
-            self.target.loader.write(self.target.table, batch)
+            self.target.loader.write(self.target.table, batch, microbatch.block_range)
 
     def _replay(self, microbatch: _Microbatch) -> None:
         """A fresh transaction holding every batch of the microbatch so far."""
         self._open(microbatch, replay=True)
         if microbatch.duplicate is None:
             for batch in microbatch.batches:
-                self.target.loader.write(self.target.table, batch)
+                self.target.loader.write(self.target.table, batch, microbatch.block_range)
 
     def _finish(self, microbatch: _Microbatch) -> None:
         if not microbatch.opened:
@@ -411,7 +411,9 @@ def batch_load(
             loader.begin()
             for index, event in enumerate(batch_events(stream.messages(stop))):
                 batch_started = time.monotonic()
-                loader.write(table, target.rows(event.batch, None))
+                loader.write(
+                    table, target.rows(event.batch, None), event.ranges[0] if event.ranges else None
+                )
                 results.append(
                     LoadResult(
                         success=True,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from amp.streaming.state import ProcessedRange
 from amp.streaming.types import BlockRange
 
 Rows = list[tuple[Any, ...]]
@@ -49,18 +50,6 @@ def _valid_prefix(prefix: str) -> str:
             f"got {prefix!r}"
         )
     return prefix
-
-
-@dataclass(frozen=True)
-class ProcessedRange:
-    """A microbatch range recorded as processed (with the hash of its end block)."""
-
-    network: str
-    start: int
-    end: int
-    end_hash: str
-    processed_at: datetime
-    batch_hash: str | None
 
 
 class SqlStateStore:
