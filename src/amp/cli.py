@@ -98,9 +98,16 @@ def destination_from_url(url: str) -> tuple[str, dict[str, Any]]:
         if path.startswith("//"):
             path = path[1:]
         return "duckdb", {"database": path or ":memory:"}
+    if parsed.scheme in ("redis", "rediss"):
+        return "redis", {"url": url}
+    if parsed.scheme == "kafka":
+        config: dict[str, Any] = {"bootstrap_servers": parsed.netloc}
+        if parsed.path.strip("/"):
+            config["topic"] = parsed.path.strip("/")
+        return "kafka", config
     raise ConfigError(
-        f"unsupported destination URL {redact_url(url)!r}; use postgresql://user@host:port/db "
-        "or duckdb:///path/to/file.db"
+        f"unsupported destination URL {redact_url(url)!r}; use postgresql://user@host:port/db, "
+        "duckdb:///path/to/file.db, redis://host:port/db or kafka://host:port/topic"
     )
 
 

@@ -134,8 +134,9 @@ class DuckDBLoader(Loader):
                 conn.execute(
                     f"INSERT INTO {_qualified(table)} ({columns}) SELECT {columns} FROM {_VIEW}"
                 )
-            finally:
-                conn.unregister(_VIEW)
+            finally:  # in an aborted transaction this fails too: keep the first error
+                with contextlib.suppress(duckdb.Error):
+                    conn.unregister(_VIEW)
         except duckdb.Error as exc:
             raise DestinationError(f"DuckDB insert into {table} failed: {exc}") from exc
         return batch.num_rows

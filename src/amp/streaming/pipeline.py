@@ -203,6 +203,7 @@ class StreamingLoad:
                 self.sql, streaming=self.streaming_header, resume=self._resume_header(last)
             ),
             what="querying the server",
+            success_ends_retries=False,  # only a completed microbatch is progress
         )
         try:
             if self.target.schema is None:

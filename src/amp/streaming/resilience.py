@@ -509,9 +509,15 @@ class RetryPolicy:
         what: str = "loading batch",
         before_retry: Callable[[], None] | None = None,
         retry_operation: Callable[[], T] | None = None,
+        success_ends_retries: bool = True,
     ) -> T:
         """``operation()`` with retries; ``before_retry`` runs after each failure (say, a
-        rollback), and ``retry_operation`` (default: ``operation``) on each retry."""
+        rollback), and ``retry_operation`` (default: ``operation``) on each retry.
+
+        ``success_ends_retries=False`` is for an operation whose success proves little
+        (opening a stream that may still fail): the backoff and the breaker's failure
+        count carry on until the caller calls ``success()`` on real progress.
+        """
         current = operation
         while True:
             self.rate_limiter.wait()
@@ -525,5 +531,8 @@ class RetryPolicy:
                 self.clock.sleep(delay)
                 current = retry_operation or operation
                 continue
-            self.success()
+            if success_ends_retries:
+                self.success()
+            else:
+                self.breaker.record_neutral()
             return result
