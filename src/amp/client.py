@@ -72,7 +72,7 @@ class QueryBuilder:
         """
         body, settings = sqltext.split_settings(self.query)
         if body == self.query:
-            return f"{self.query.rstrip().rstrip(';')} SETTINGS stream = true", None
+            return sqltext.with_streaming(self.query), None
         if sqltext.requests_streaming(settings):
             return self.query, None
         return self.query, True

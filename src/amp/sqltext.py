@@ -17,7 +17,8 @@ _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _top_level_words(sql: str) -> list[tuple[int, str]]:
-    """``(position, word)`` for every identifier-like word outside strings and comments."""
+    """``(position, word)`` for every identifier-like word outside strings and comments,
+    and ``(position, ';')`` for every statement terminator outside them."""
     words: list[tuple[int, str]] = []
     position = 0
     depth = 0
@@ -41,6 +42,9 @@ def _top_level_words(sql: str) -> list[tuple[int, str]]:
         elif char == ")":
             depth -= 1
             position += 1
+        elif char == ";" and depth == 0:
+            words.append((position, ";"))
+            position += 1
         elif char.isalpha() or char == "_":
             match = _WORD.match(sql, position)
             assert match is not None
@@ -59,6 +63,8 @@ def split_settings(sql: str) -> tuple[str, dict[str, str]]:
     string literals keep their quotes. Without a clause the query comes back unchanged.
     """
     for position, word in reversed(_top_level_words(sql)):
+        if word == ";":
+            continue
         if word.upper() != "SETTINGS":
             continue
         tail = _TAIL.match(sql, position + len(word))
@@ -67,6 +73,14 @@ def split_settings(sql: str) -> tuple[str, dict[str, str]]:
         settings = {key.lower(): value for key, value in _ONE_PAIR.findall(tail.group("pairs"))}
         return sql[:position].rstrip(), settings
     return sql, {}
+
+
+def with_streaming(sql: str) -> str:
+    """``sql`` with ``SETTINGS stream = true`` appended, on its own line (a trailing
+    ``--`` comment cannot swallow it) and before nothing but a dropped final ``;``."""
+    tokens = _top_level_words(sql)
+    body = sql[: tokens[-1][0]] if tokens and tokens[-1][1] == ";" else sql
+    return f"{body.rstrip()}\nSETTINGS stream = true"
 
 
 def has_settings(sql: str) -> bool:

@@ -89,6 +89,12 @@ class QueryEngine:
         streaming = (
             sqltext.requests_streaming(settings) if force_streaming is None else force_streaming
         )
+        if sqltext.has_settings(body):
+            raise QueryError(
+                "INVALID_ARGUMENT",
+                "invalid SQL query | Caused by: more than one SETTINGS clause; a query takes "
+                "at most one, at its end",
+            )
         if not body.strip().rstrip(";").strip():
             raise QueryError("INVALID_ARGUMENT", "invalid SQL query | Caused by: empty SQL text")
         try:
