@@ -12,6 +12,7 @@ Order of evidence, most reliable first:
 from __future__ import annotations
 
 import errno
+import math
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -89,9 +90,10 @@ _TRANSIENT_ERRNOS = {
 }
 
 _TRANSIENT_WORDS = re.compile(
-    r"\b(?:429|502|503|504)\b|rate[ -]?limit(?:ed)?|too many requests|throttl\w*"
-    r"|service unavailable|temporarily unavailable|timed? ?out\b|timeout"
-    r"|connection (?:reset|refused|closed|aborted|lost)|broken pipe|try again",
+    r"\b(?:429|502|503|504)\b|\brate[ -]?limit(?:ed|s|ing)?\b|\btoo many requests\b"
+    r"|\bthrottl(?:e|ed|es|ing)\b|\bservice unavailable\b|\btemporarily unavailable\b"
+    r"|\btimed? ?out\b|\btimeouts?\b"
+    r"|\bconnection (?:reset|refused|closed|aborted|lost)\b|\bbroken pipe\b|\btry again\b",
     re.IGNORECASE,
 )
 _PERMANENT_WORDS = re.compile(
@@ -100,8 +102,11 @@ _PERMANENT_WORDS = re.compile(
     r"|schema",
     re.IGNORECASE,
 )
-_RATE_LIMIT_WORDS = re.compile(r"\b429\b|rate[ -]?limit|too many requests|throttl", re.IGNORECASE)
-_TIMEOUT_WORDS = re.compile(r"timed? ?out\b|timeout|\b504\b", re.IGNORECASE)
+_RATE_LIMIT_WORDS = re.compile(
+    r"\b429\b|\brate[ -]?limit(?:ed|s|ing)?\b|\btoo many requests\b|\bthrottl(?:e|ed|es|ing)\b",
+    re.IGNORECASE,
+)
+_TIMEOUT_WORDS = re.compile(r"\btimed? ?out\b|\btimeouts?\b|\b504\b", re.IGNORECASE)
 
 
 def _transient(reason: str, **flags: object) -> Classification:
@@ -155,14 +160,15 @@ def classify_message(message: str) -> Classification:
 
 def _retry_after(exc: BaseException) -> float | None:
     value = getattr(exc, "retry_after", None)
-    if isinstance(value, int | float) and value >= 0:
+    if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
         return float(value)
     headers = getattr(getattr(exc, "response", None), "headers", None)
     if headers is not None:
         try:
-            return float(headers.get("Retry-After"))
+            seconds = float(headers.get("Retry-After"))
         except (TypeError, ValueError):
             return None
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
     return None
 
 

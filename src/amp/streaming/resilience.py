@@ -14,6 +14,7 @@ sleeps: a test clock's ``sleep`` just advances its time.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -78,10 +79,11 @@ def _validate_fields(config: Any, where: str) -> None:
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}[{spec.name!r}] must be True or False, got {value!r}")
-        elif isinstance(default, int | float) and (
-            isinstance(value, bool) or not isinstance(value, int | float)
-        ):
-            raise ConfigError(f"{where}[{spec.name!r}] must be a number, got {value!r}")
+        elif isinstance(default, int | float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{where}[{spec.name!r}] must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}[{spec.name!r}] must be a finite number, got {value!r}")
 
 
 def _at_least(where: str, name: str, value: float, minimum: float) -> None:
@@ -210,7 +212,10 @@ class ExponentialBackoff:
     def base_delay(self, attempt: int) -> float:
         """Seconds before retry ``attempt`` (0-based), without jitter, capped."""
         config = self.config
-        delay_ms = config.initial_backoff_ms * config.backoff_multiplier**attempt
+        try:
+            delay_ms = config.initial_backoff_ms * config.backoff_multiplier**attempt
+        except OverflowError:  # far past the cap
+            delay_ms = config.max_backoff_ms
         return min(delay_ms, config.max_backoff_ms) / 1000.0
 
     def next_delay(self, hint_seconds: float | None = None) -> float | None:
@@ -262,6 +267,10 @@ class CircuitBreaker:
         self._state = CircuitState.CLOSED
         self._opened_at = 0.0
         self._probes_in_flight = 0
+        # Each HALF-OPEN period has a number; a thread admitted as a probe remembers it,
+        # so that only real probes (not slow calls admitted earlier) free a probe slot.
+        self._period = 0
+        self._local = threading.local()
         self.consecutive_failures = 0
         self.consecutive_successes = 0
         self.total_failures = 0
@@ -304,6 +313,7 @@ class CircuitBreaker:
                     )
                 self._state = CircuitState.HALF_OPEN
                 self._probes_in_flight = 0
+                self._period += 1
                 self.consecutive_successes = 0
                 log.info(
                     "Circuit breaker HALF-OPEN after %dms timeout. Testing service recovery...",
@@ -317,6 +327,28 @@ class CircuitBreaker:
                     retry_in_seconds=0.1,
                 )
             self._probes_in_flight += 1
+            held = self._held_probes()
+            held[self._period] = held.get(self._period, 0) + 1
+
+    def _held_probes(self) -> dict[int, int]:
+        """This thread's probe admissions, by HALF-OPEN period."""
+        held: dict[int, int] | None = getattr(self._local, "probes", None)
+        if held is None:
+            held = self._local.probes = {}
+        return held
+
+    def _end_probe(self) -> bool:
+        """Under the lock: whether the call ending on this thread was a probe of the
+        current HALF-OPEN period; if so its slot is freed."""
+        held = self._held_probes()
+        count = held.pop(self._period, 0)
+        held.clear()  # probes of earlier periods no longer hold slots
+        if count == 0 or self._state is not CircuitState.HALF_OPEN:
+            return False
+        if count > 1:
+            held[self._period] = count - 1
+        self._probes_in_flight = max(self._probes_in_flight - 1, 0)
+        return True
 
     def record_success(self) -> None:
         if self._state is CircuitState.CLOSED and self.consecutive_failures == 0:
@@ -325,8 +357,7 @@ class CircuitBreaker:
         with self._lock:
             self.total_successes += 1
             self.consecutive_failures = 0
-            if self._state is CircuitState.HALF_OPEN:
-                self._probes_in_flight = max(self._probes_in_flight - 1, 0)
+            if self._end_probe():
                 self.consecutive_successes += 1
                 if self.consecutive_successes >= self.config.success_threshold:
                     self._state = CircuitState.CLOSED
@@ -343,7 +374,7 @@ class CircuitBreaker:
             self.consecutive_failures += 1
             self.consecutive_successes = 0
             if self._state is CircuitState.HALF_OPEN:
-                self._probes_in_flight = max(self._probes_in_flight - 1, 0)
+                self._end_probe()
                 self._open()
                 log.warning(
                     "Circuit breaker OPEN: recovery test failed. Rejecting requests for %dms.",
@@ -366,7 +397,7 @@ class CircuitBreaker:
         (a permanent error such as bad input): only its probe slot is released."""
         if self._state is CircuitState.HALF_OPEN:
             with self._lock:
-                self._probes_in_flight = max(self._probes_in_flight - 1, 0)
+                self._end_probe()
 
     def _open(self) -> None:
         self._state = CircuitState.OPEN
@@ -470,6 +501,7 @@ class RetryPolicy:
         elif found.timed_out:
             self.rate_limiter.record_timeout()
         if not found.transient:
+            self.backoff.reset()
             message = (
                 f"FATAL: Permanent error {what} (not retryable). Stopping client to prevent "
                 f"data loss. Error: {exc}"
@@ -477,10 +509,11 @@ class RetryPolicy:
             log.error(message)
             raise FatalLoadError(message) from exc
         hint = found.retry_after_seconds
-        if isinstance(exc, CircuitOpenError):
-            hint = max(exc.retry_in_seconds, 0.0)
+        if isinstance(exc, CircuitOpenError):  # wait for the probe, never less than a backoff
+            hint = max(exc.retry_in_seconds, self.backoff.base_delay(self.backoff.attempt))
         delay = self.backoff.next_delay(hint)
         if delay is None:
+            self.backoff.reset()
             retries = self.config.retry.max_retries if self.config.retry.enabled else 0
             message = (
                 f"FATAL: Max retries ({retries}) exceeded. Stopping client to prevent data "
