@@ -1,9 +1,11 @@
 """Streaming load into PostgreSQL: the pipeline's rows/s against the limit, in one run.
 
 The limit is the same Arrow rows written by a bare binary COPY (pgpq + psycopg, one
-transaction, no pipeline around it) into a table like the loader's (with its block index). The pipeline run streams the same query from a dev
-server in another process (as a real server would be) into a fresh table. A third run
-measures the pipeline with every resilience feature disabled, to price them.
+transaction, no pipeline around it) into a table like the loader's (with its block
+index). The pipeline streams the same query from a dev server in another process (as a
+real server would be) into a fresh table, with resilience on (the default) and off,
+interleaved. The happy-path price of resilience is also measured directly: the time a
+RetryPolicy adds per guarded call, times the calls a load makes.
 
     .venv/bin/python bench/pipeline_postgres.py --blocks 40000 --repeat 3
 """
@@ -23,8 +25,10 @@ import pyarrow as pa
 
 from amp.client import Client
 from amp.loaders.postgresql import _TableWriter
+from amp.streaming.resilience import ResilienceConfig, RetryPolicy
 
 DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+ROWS_PER_MESSAGE = 65_536  # the dev server's default split
 QUERY = "SELECT * FROM eth_firehose.logs"
 DISABLED = {
     "retry": {"enabled": False},
@@ -70,23 +74,44 @@ def bare_copy(table: pa.Table) -> float:
         return time.perf_counter() - started
 
 
-def pipeline(url: str, head: int, resilience: dict[str, object] | None) -> tuple[float, int]:
-    """Seconds and rows of a streaming load from block 0 until the head is committed."""
+def pipeline(url: str, head: int, resilience: dict[str, object] | None) -> tuple[float, int, int]:
+    """Seconds, rows and guarded calls (one per message written, one per commit) of a
+    streaming load from block 0 until the head is committed."""
     client = Client(url)
     config: dict[str, object] = {"dsn": DSN}
     if resilience is not None:
         config["resilience"] = resilience
     client.configure_connection("bench", "postgresql", config)
     rows = 0
+    calls = 0
     started = time.perf_counter()
     for result in client.sql(QUERY).load("bench", "bench_pipeline", stream=True, mode="overwrite"):
         rows += result.rows_loaded
+        calls += 1 + -(-result.rows_loaded // ROWS_PER_MESSAGE)  # writes + the commit
         ranges = result.metadata.get("block_ranges") or []
         if ranges and ranges[-1]["end"] >= head:
             break
     elapsed = time.perf_counter() - started
     client.close()
-    return elapsed, rows
+    return elapsed, rows, calls
+
+
+def policy_overhead_seconds(calls: int = 200_000) -> float:
+    """Seconds a RetryPolicy adds to one successful call (rate limiter at 0 ms, breaker
+    closed): the whole happy-path cost of resilience, per write or commit."""
+    policy = RetryPolicy(ResilienceConfig())
+
+    def noop() -> None:
+        return None
+
+    started = time.perf_counter()
+    for _ in range(calls):
+        noop()
+    bare = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(calls):
+        policy.call(noop)
+    return (time.perf_counter() - started - bare) / calls
 
 
 def median_of(repeat: int, run: Callable[[], float]) -> float:
@@ -113,11 +138,13 @@ def main() -> None:
         rows = table.num_rows
         bare = median_of(args.repeat, lambda: bare_copy(table))
         timings: dict[str, list[float]] = {"resilience on": [], "resilience off": []}
+        calls = 0
         for _ in range(args.repeat):  # interleaved, so drift affects both alike
             for name, resilience in (("resilience on", None), ("resilience off", DISABLED)):
-                elapsed, loaded = pipeline(url, head, resilience)
+                elapsed, loaded, calls = pipeline(url, head, resilience)
                 assert loaded == rows, f"{name}: loaded {loaded} rows, expected {rows}"
                 timings[name].append(elapsed)
+        per_call = policy_overhead_seconds()
     finally:
         process.terminate()
         process.wait()
@@ -126,14 +153,16 @@ def main() -> None:
     print(f"{'bare binary COPY (limit)':<28}{bare:>10.3f}{rows / bare:>14,.0f}{1.0:>14.1%}")
     for name, values in timings.items():
         seconds = statistics.median(values)
-        print(
-            f"{'pipeline, ' + name:<28}{seconds:>10.3f}{rows / seconds:>14,.0f}{bare / seconds:>14.1%}"
-        )
-    on, off = (
-        statistics.median(timings["resilience on"]),
-        statistics.median(timings["resilience off"]),
+        label = "pipeline, " + name
+        print(f"{label:<28}{seconds:>10.3f}{rows / seconds:>14,.0f}{bare / seconds:>14.1%}")
+    on = statistics.median(timings["resilience on"])
+    off = statistics.median(timings["resilience off"])
+    print(f"resilience, end to end: {on / off - 1:+.2%} (on/off - 1, within run-to-run noise)")
+    cost = per_call * calls
+    print(
+        f"resilience, measured directly: {per_call * 1e6:.2f} us per guarded call x {calls} "
+        f"calls = {cost * 1000:.3f} ms per load = {cost / on:.4%} of the load time"
     )
-    print(f"resilience cost on the happy path: {on / off - 1:+.2%} (on/off - 1)")
 
 
 if __name__ == "__main__":
