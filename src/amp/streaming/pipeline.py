@@ -50,6 +50,11 @@ class LoadResult:
     error: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def fatal(cls, table: str, loader_type: str, error: FatalLoadError) -> LoadResult:
+        """The failed result reported before a FatalLoadError is raised."""
+        return cls(False, 0, table, loader_type, 0.0, str(error), {"operation": "fatal"})
+
 
 class _StreamEnded(Exception):
     """A streaming query's stream ended without an error: reconnect and resume."""
@@ -183,15 +188,7 @@ class StreamingLoad:
                 if restart is None:
                     return
         except FatalLoadError as exc:
-            yield LoadResult(
-                success=False,
-                rows_loaded=0,
-                table_name=self.target.table,
-                loader_type=loader.loader_type,
-                duration=0.0,
-                error=str(exc),
-                metadata={"operation": "fatal"},
-            )
+            yield LoadResult.fatal(self.target.table, loader.loader_type, exc)
             raise
         finally:
             self._rollback()
@@ -451,15 +448,7 @@ def batch_load(
     try:
         results = policy.call(attempt, what="loading batch", before_retry=loader.rollback)
     except FatalLoadError as exc:
-        yield LoadResult(
-            success=False,
-            rows_loaded=0,
-            table_name=table,
-            loader_type=loader.loader_type,
-            duration=0.0,
-            error=str(exc),
-            metadata={"operation": "fatal"},
-        )
+        yield LoadResult.fatal(table, loader.loader_type, exc)
         raise
     finally:
         loader.rollback()
