@@ -55,7 +55,7 @@ class Delivery:
             )
         if idempotency.enabled:
             self.ranges = store_for(idempotency.table_prefix)
-        self._last_cleanup = 0.0
+        self._last_cleanup: float | None = None  # None: clean up on the first chance
 
     @property
     def active(self) -> bool:
@@ -180,9 +180,12 @@ class Delivery:
 
     def cleanup_if_due(self) -> None:
         """Delete processed ranges older than ``cleanup_days``, at most once an hour."""
-        if self.ranges is None or time.monotonic() - self._last_cleanup < _CLEANUP_EVERY_SECONDS:
+        if self.ranges is None:
             return
-        self._last_cleanup = time.monotonic()
+        now = time.monotonic()
+        if self._last_cleanup is not None and now - self._last_cleanup < _CLEANUP_EVERY_SECONDS:
+            return
+        self._last_cleanup = now
         self.loader.begin()
         try:
             deleted = self.ranges.cleanup_old_ranges(

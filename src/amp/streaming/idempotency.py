@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from amp.config import check_keys, number_at_least, typed
@@ -101,7 +102,7 @@ class DatabaseProcessedRangesStore:
             )
         )
         self.connection = db_connection
-        dialect = DUCKDB if type(db_connection).__module__.startswith("duckdb") else POSTGRESQL
+        dialect = DUCKDB if isinstance(db_connection, duckdb.DuckDBPyConnection) else POSTGRESQL
         self.state = SqlStateStore(dialect, self._execute, settings.table_prefix)
 
     def _execute(self, statement: str, params: Any) -> list[tuple[Any, ...]]:
