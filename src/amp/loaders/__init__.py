@@ -15,6 +15,7 @@ LOADERS: dict[str, type[Loader]] = {
     PostgreSQLLoader.loader_type: PostgreSQLLoader,
     DuckDBLoader.loader_type: DuckDBLoader,
     RedisLoader.loader_type: RedisLoader,
+    "kafka": __import__("amp.loaders.kafka", fromlist=["KafkaLoader"]).KafkaLoader,
 }
 
 

@@ -25,7 +25,10 @@ from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from amp.config import typed
 from amp.errors import ConfigError, DestinationError
@@ -38,6 +41,8 @@ _STRUCTURES = ("hash", "stream")
 
 def _value(value: Any) -> bytes | str | int | float:
     """A column value as Redis stores it (bytes stay bytes; the rest as text)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, bytes | str | int | float):
         return value
     if isinstance(value, Decimal):
@@ -45,6 +50,21 @@ def _value(value: Any) -> bytes | str | int | float:
     if isinstance(value, datetime):
         return value.isoformat()
     return json.dumps(value, default=str)
+
+
+def _textual_times(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Temporal columns as ISO text computed by Arrow (exact to the nanosecond)."""
+    temporal = [
+        index for index, field in enumerate(batch.schema) if pa.types.is_temporal(field.type)
+    ]
+    if not temporal:
+        return batch
+    columns = [
+        pc.cast(column, pa.string()) if index in temporal else column
+        for index, column in enumerate(batch.columns)
+    ]
+    names = batch.schema.names
+    return pa.RecordBatch.from_arrays(columns, names=names)
 
 
 class RedisLoader(Loader):
@@ -74,6 +94,7 @@ class RedisLoader(Loader):
             )
         self._client: redis.Redis | None = None
         self._pipe: Any = None
+        self._state_pipe: Any = None
         self._block_columns: dict[str, str] = {}
         self._positions: dict[tuple[str, int, int], int] = {}
         self._stream_sequence: dict[int, int] = {}
@@ -97,10 +118,14 @@ class RedisLoader(Loader):
         if self._client is not None:
             return
         timeout = self.config.get("socket_timeout", 10)
+        # RESP2, so a password for a server without one is refused (RESP3's HELLO accepts
+        # it), and no retries of redis-py's own: amp's policy retries, visibly.
+        options: dict[str, Any] = {"protocol": 2, "retry": Retry(NoBackoff(), 0)}
         if "url" in self.config:
-            client = redis.Redis.from_url(self.config["url"], socket_timeout=timeout)
+            client = redis.Redis.from_url(self.config["url"], socket_timeout=timeout, **options)
         else:
             client = redis.Redis(
+                **options,
                 host=self.config.get("host", "localhost"),
                 port=self.config.get("port", 6379),
                 db=self.config.get("db", 0),
@@ -163,6 +188,7 @@ class RedisLoader(Loader):
         if self._pipe is not None:
             raise DestinationError("begin() while a MULTI/EXEC is already being built")
         self._pipe = self.client.pipeline(transaction=True)
+        self._state_pipe = self.client.pipeline(transaction=True)
         self._positions.clear()
         self._stream_sequence.clear()
 
@@ -181,6 +207,7 @@ class RedisLoader(Loader):
             return self._write_stream(table, batch)
         pipe = self._pipeline()
         blocks = batch.column(self._block_columns[table]).to_pylist()
+        batch = _textual_times(batch)
         tag = (block_range.hash or "")[2:18]
         prefix = f"{table}:{block_range.network}:{block_range.start}-{block_range.end}:{tag}"
         counter = (table, block_range.start, block_range.end)
@@ -202,9 +229,10 @@ class RedisLoader(Loader):
         pipe = self._pipeline()
         column = self._block_columns[table]
         ordered = batch.sort_by([(column, "ascending")])
-        for block, row in zip(ordered.column(column).to_pylist(), ordered.to_pylist(), strict=True):
-            sequence = self._stream_sequence.get(int(block), 0)
-            self._stream_sequence[int(block)] = sequence + 1
+        blocks = ordered.column(column).to_pylist()
+        for block, row in zip(blocks, _textual_times(ordered).to_pylist(), strict=True):
+            sequence = self._stream_sequence.get(int(block), 0) + 1  # 0-0 is not an id
+            self._stream_sequence[int(block)] = sequence
             fields = {k: _value(v) for k, v in row.items() if v is not None}
             pipe.xadd(table, fields or {"_empty": ""}, id=f"{int(block)}-{sequence}")
         return batch.num_rows
@@ -217,8 +245,8 @@ class RedisLoader(Loader):
             if ids:
                 pipe.xdel(table, *ids)
                 # Let the ids of the deleted blocks be used again by their replacements.
-                last = self.client.xrevrange(table, max=f"({start}-0", count=1)
-                pipe.execute_command("XSETID", table, last[0][0] if last else "0-1")
+                last = self.client.xrevrange(table, max=f"({start}-0", count=1) if start else []
+                pipe.execute_command("XSETID", table, last[0][0] if last else "0-0")
             return len(ids)
         index = f"{table}:_index"
         keys = self.client.zrangebyscore(index, start, end)
@@ -228,18 +256,31 @@ class RedisLoader(Loader):
         return len(keys)
 
     def commit(self) -> None:
-        pipe = self._pipeline()
-        self._pipe = None
+        """EXEC the rows; only when every command of it succeeded, EXEC the state (the
+        processed-range mark and checkpoint). Redis does not undo the rest of a MULTI/EXEC
+        when one command fails, so state must never ride in the same one as rows. A crash
+        between the two leaves rows without state: the replay rewrites the same keys."""
+        rows, state = self._pipeline(), self._state_pipe
+        self._pipe = self._state_pipe = None
         try:
-            pipe.execute()
+            replies = rows.execute(raise_on_error=False)
+            failed = [reply for reply in replies if isinstance(reply, Exception)]
+            if failed:
+                raise DestinationError(
+                    f"Redis MULTI/EXEC applied with {len(failed)} failed command(s): "
+                    f"{failed[0]}; the microbatch's state was not saved"
+                )
+            if state is not None and len(state):
+                state.execute()
         except redis.exceptions.RedisError as exc:
             raise DestinationError(f"Redis MULTI/EXEC failed: {exc}") from exc
 
     def rollback(self) -> None:
-        if self._pipe is not None:
-            with contextlib.suppress(Exception):
-                self._pipe.reset()
-            self._pipe = None
+        for pipe in (self._pipe, self._state_pipe):
+            if pipe is not None:
+                with contextlib.suppress(Exception):
+                    pipe.reset()
+        self._pipe = self._state_pipe = None
 
     def state_store(self, prefix: str) -> RedisStateStore:
         return RedisStateStore(self, prefix)
@@ -259,7 +300,9 @@ class RedisStateStore:
         self.prefix = prefix
 
     def _writer(self) -> Any:
-        return self.loader._pipe if self.loader._pipe is not None else self.loader.client
+        """The state half of the open transaction (executed after the rows), or Redis."""
+        pipe = self.loader._state_pipe
+        return pipe if pipe is not None else self.loader.client
 
     def create_checkpoint_tables(self) -> None:
         """Redis needs no tables."""

@@ -231,13 +231,16 @@ class StreamingLoad:
 
     def _open(self, microbatch: _Microbatch, replay: bool) -> None:
         """Begin its transaction; skip it if already processed; else make writing it
-        idempotent by deleting whatever rows its blocks already have (a replay, or a
-        range the server sent again)."""
+        idempotent by deleting whatever rows its blocks already have (a replay, a range
+        the server sent again, or any write to a destination without transactions)."""
         self._begin()
         block_range = microbatch.block_range
         microbatch.duplicate = self.delivery.find_duplicate(block_range, self.target.adds_range)
-        if microbatch.duplicate is None and (replay or self.delivery.idempotent):
-            self.target.loader.delete_blocks(
+        loader = self.target.loader
+        if microbatch.duplicate is None and (
+            replay or self.delivery.idempotent or not loader.transactional
+        ):
+            loader.delete_blocks(
                 self.target.table, self.target.column, block_range.start, block_range.end
             )
         microbatch.opened = True
