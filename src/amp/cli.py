@@ -55,9 +55,27 @@ def _add_dev(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dev.set_defaults(run=_run_dev)
 
 
+def _tune_malloc_for_serving() -> None:
+    """Keep glibc from returning each microbatch's large temporaries to the kernel and
+    faulting them in again (about a fifth of the dev server's CPU); glibc only."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(-3, 64 * 1024 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 512 * 1024 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return
+
+
 def _run_dev(args: argparse.Namespace) -> int:
     from amp.devserver import DevServer
 
+    _tune_malloc_for_serving()
     server = DevServer(
         port=args.port,
         seed=args.seed,

@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -29,6 +29,7 @@ log = logging.getLogger("amp.devserver")
 SERVICE_NAME = "arrow.flight.protocol.FlightService"
 _TICKET_PREFIX = b"amp-dev-ticket/1:"
 _POLL_SECONDS = 0.1
+_BATCH_PIECE_BLOCKS = 10_000
 
 
 class _StreamClosed(Exception):
@@ -196,25 +197,41 @@ class FlightService:
         return protowire.encode_flight_data(_ipc(schema)[0])
 
     def _batch(self, planned: PlannedQuery) -> Iterator[bytes]:
-        """A batch query over the canonical chain as it is now (protocol §2, batch)."""
+        """A batch query over the canonical chain as it is now (protocol §2, batch).
+
+        A query of projections and filters over one table runs piece by piece, each piece
+        sent as soon as it is ready, so memory stays bounded by a piece; any other query
+        (joins, subqueries, aggregates relate rows of different blocks) runs in one pass.
+        """
         first, head = self.chain.first_block, self.chain.head
-        ranges: tuple[BlockRange, ...] = ()
-        results: list[pa.RecordBatch] = []
+        if not planned.tables or head < first:
+            pieces: Iterator[list[pa.RecordBatch]] = iter(
+                [self._run(planned, lambda name: pa.table({}))]
+            )
+            ranges: tuple[BlockRange, ...] = ()
+        else:
+            whole = self.chain.snapshot(first, head)
+            ranges = (_block_range(whole),)
+            step = _BATCH_PIECE_BLOCKS if planned.row_local else head - first + 1
+            pieces = (
+                self._run(planned, whole.slice(start, min(head, start + step - 1)).table)
+                for start in range(first, head + 1, step)
+            )
+        running = BatchMetadata(ranges, False).to_json_bytes()
+        first_piece = next(pieces)  # errors before the schema message, as a real server
+        yield self._schema_message(planned.schema)
+        yield from self._data_messages(first_piece, running)
+        for piece in pieces:
+            yield from self._data_messages(piece, running)
+        yield self._empty_message(planned.schema, BatchMetadata(ranges, True).to_json_bytes())
+
+    def _run(
+        self, planned: PlannedQuery, tables: Callable[[str], pa.Table]
+    ) -> list[pa.RecordBatch]:
         try:
-            if planned.tables and head >= first:
-                whole = self.chain.snapshot(first, head)
-                ranges = (_block_range(whole),)
-                # One pass over the whole chain: a batch result may relate rows of different
-                # blocks (joins, subqueries), which per-range passes would silently lose.
-                results = self.engine.execute(planned, whole.table)
-            else:
-                results = self.engine.execute(planned, lambda name: pa.table({}))
+            return self.engine.execute(planned, tables)
         except Exception as exc:
             raise _internal(exc) from exc
-        running = BatchMetadata(ranges, False).to_json_bytes()
-        yield self._schema_message(planned.schema)
-        yield from self._data_messages(results, running)
-        yield self._empty_message(planned.schema, BatchMetadata(ranges, True).to_json_bytes())
 
     def _stream(
         self, planned: PlannedQuery, resume_header: str | None, context: grpc.ServicerContext

@@ -36,6 +36,9 @@ _NON_INCREMENTAL = {
 _DISPLAY_NODE = re.compile(r"^[ \t]*(\w+):[ \t]*(\S*)", re.MULTILINE)
 
 
+_ROW_LOCAL = {"Projection", "Filter", "SubqueryAlias", "TableScan"}
+
+
 class QueryError(Exception):
     """A query the server refuses: ``status`` is the gRPC status code name."""
 
@@ -54,6 +57,7 @@ class PlannedQuery:
     schema: pa.Schema
     tables: tuple[str, ...]
     non_incremental: str | None
+    row_local: bool = False  # each output row depends on one input row: chunks are exact
 
 
 def _walk(plan: LogicalPlan) -> list[LogicalPlan]:
@@ -134,7 +138,11 @@ class QueryEngine:
                 }
             )
         )
-        return PlannedQuery(body, streaming, schema, tables, violation)
+        # Only projections and filters over one table scan: the result of a range is the
+        # union of the results of its pieces, so a batch can run piece by piece.
+        row_local = len(displayed) > 0 and all(name in _ROW_LOCAL for name, _ in displayed)
+        row_local = row_local and sum(name == "TableScan" for name, _ in displayed) == 1
+        return PlannedQuery(body, streaming, schema, tables, violation, row_local)
 
     def execute(
         self, query: PlannedQuery, tables: Callable[[str], pa.Table]
