@@ -106,7 +106,8 @@ def _run_dev(args: argparse.Namespace) -> int:
 
 
 def destination_from_url(url: str) -> tuple[str, dict[str, Any]]:
-    """``postgresql://user:pass@host:port/db`` or ``duckdb:///path.db`` → (loader, config)."""
+    """A destination URL → (loader, config): ``postgresql://user:pass@host:port/db``,
+    ``duckdb:///path.db``, ``redis://host:port/db`` or ``kafka://host:port/topic``."""
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme in ("postgresql", "postgres"):
         return "postgresql", {"dsn": url}

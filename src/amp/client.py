@@ -103,6 +103,12 @@ class QueryBuilder:
         if parallel_config is not None:
             raise ConfigError("parallel_config is not supported yet; load without it")
         loader = self.client._get_loader(connection)
+        if mode is LoadMode.OVERWRITE and not loader.supports_overwrite:
+            # Refused before anything runs: an overwrite first clears the load's state.
+            raise ConfigError(
+                f"mode='overwrite' is not possible with the {loader.loader_type} loader: it "
+                "cannot delete what it wrote; load with mode='append' into a new destination"
+            )
         if not stream:
             stop = threading.Event()
             return LoadRun(

@@ -6,6 +6,7 @@ from amp.config import suggest
 from amp.errors import ConfigError
 from amp.loaders.base import Loader, LoadMode
 from amp.loaders.duckdb import DuckDBLoader
+from amp.loaders.kafka import KafkaLoader
 from amp.loaders.postgresql import PostgreSQLLoader
 from amp.loaders.redis import RedisLoader
 
@@ -15,7 +16,7 @@ LOADERS: dict[str, type[Loader]] = {
     PostgreSQLLoader.loader_type: PostgreSQLLoader,
     DuckDBLoader.loader_type: DuckDBLoader,
     RedisLoader.loader_type: RedisLoader,
-    "kafka": __import__("amp.loaders.kafka", fromlist=["KafkaLoader"]).KafkaLoader,
+    KafkaLoader.loader_type: KafkaLoader,
 }
 
 

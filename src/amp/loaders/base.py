@@ -47,6 +47,8 @@ class Loader(ABC):
 
     loader_type: ClassVar[str]
     transactional: ClassVar[bool] = True
+    # Whether mode='overwrite' can replace the destination (an append-only log cannot).
+    supports_overwrite: ClassVar[bool] = True
     config_keys: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: Mapping[str, Any], connection_name: str = "") -> None:

@@ -31,10 +31,19 @@ and reach the mirror only when the transaction commits.
 
 Reorgs and replays. Messages cannot be deleted, so ``delete_blocks`` publishes a
 retraction for every key previously published for those blocks: a tombstone with
-header ``_amp_op: delete``, before the new data. A per-block index of published keys
-(row counts, or the keys themselves with ``key_column``) lives in the state topic,
-written in the same transactions, and keeps the last ``retraction_window_blocks``
-blocks (reorgs are shallow; older blocks are final).
+header ``_amp_op: delete``, before the new data; it returns how many. A per-block index
+of published keys (row counts, or the keys themselves with ``key_column``) lives in the
+state topic, written in the same transactions, and keeps the last
+``retraction_window_blocks`` blocks (default 100,000: reorgs are shallow, older blocks
+final; it bounds memory and the state topic). A commit also retracts what its writes
+leave stale without a ``delete_blocks`` (a rewritten block with fewer rows, a block of a
+written range that has no rows now), so a load restarted from scratch converges too.
+
+Topics. ``prepare_table`` creates a missing topic (``partitions``, default 1;
+``replication_factor``, default the broker's); the state topic gets one partition and
+``cleanup.policy=compact``. Keys are partitioned with ``murmur2_random`` (as Java
+producers do), so a tombstone lands where its row did. ``mode='overwrite'`` is refused:
+a topic's messages cannot be replaced.
 
 Beyond read_committed. A consumer reading uncommitted data (Java's default), or a broker
 that does not filter aborted transactions out of ``read_committed`` fetches (tansu 0.6
@@ -59,7 +68,6 @@ Layout of the state topic (key → JSON value; a null value deletes)::
 from __future__ import annotations
 
 import bisect
-import contextlib
 import json
 import logging
 import math
@@ -77,7 +85,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     IsolationLevel,
     KafkaError,
@@ -341,6 +348,7 @@ class _Txn:
     produced: int = 0
     written: dict[int, _Written] = field(default_factory=dict)
     retracted: set[int] = field(default_factory=set)
+    covered: list[tuple[int, int]] = field(default_factory=list)  # block ranges written
     staged: dict[StateKey, Any] = field(default_factory=dict)  # insertion = write order
 
     @property
@@ -401,6 +409,7 @@ class KafkaLoader(Loader):
 
     loader_type = "kafka"
     transactional = True
+    supports_overwrite = False
     config_keys = frozenset(
         {
             "bootstrap_servers",
@@ -461,7 +470,7 @@ class KafkaLoader(Loader):
         partitions = self.config.get("partitions", 1)
         typed(where, "partitions", partitions, int)
         self.partitions: int = number_at_least(where, "partitions", partitions, 1)
-        replication = self.config.get("replication_factor", 1)
+        replication = self.config.get("replication_factor", -1)
         typed(where, "replication_factor", replication, int)
         if replication < 1 and replication != -1:
             raise ConfigError(
@@ -563,8 +572,8 @@ class KafkaLoader(Loader):
             raise ConfigError(self._redact(f"invalid Kafka producer settings: {exc}")) from exc
 
     def _failure(self, what: str, exc: BaseException) -> DestinationError:
-        """A DestinationError for ``what`` (raised from ``exc``, which the classifier
-        reads: retriable Kafka errors are transient, authorization errors permanent)."""
+        """A DestinationError for ``what`` caused by ``exc`` (which the classifier reads:
+        retriable Kafka errors are transient, authorization errors permanent)."""
         if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
             error: KafkaError = exc.args[0]
             name = error.name()
@@ -573,15 +582,18 @@ class KafkaLoader(Loader):
                 hint = "; the principal lacks an ACL for this: grant it or change the config"
             elif name in ("_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT", "_RESOLVE"):
                 hint = "; check bootstrap_servers and that the brokers are running"
-            return DestinationError(
+            failure = DestinationError(
                 self._redact(
                     f"Kafka at {self.bootstrap_servers}: {what} failed: {error.str()} "
                     f"({name}){hint}"
                 )
             )
-        return DestinationError(
-            self._redact(f"Kafka at {self.bootstrap_servers}: {what} failed: {exc}")
-        )
+        else:
+            failure = DestinationError(
+                self._redact(f"Kafka at {self.bootstrap_servers}: {what} failed: {exc}")
+            )
+        failure.__cause__ = exc
+        return failure
 
     def _transactional_id(self, table: str) -> str:
         return f"amp-{self.connection_name}-{table}-0"
@@ -616,9 +628,6 @@ class KafkaLoader(Loader):
 
     def close(self) -> None:
         self.rollback()
-        if self._producer is not None:
-            with contextlib.suppress(Exception):
-                self._producer.flush(0)
         self._producer = None
         self._producer_table = None
         self._mirror_table = None
@@ -794,6 +803,8 @@ class KafkaLoader(Loader):
             key = _state_key(message.key())
             if key is None or key[3] != table:
                 continue
+            if key[0] == "" and key[2] != self.connection_name:
+                continue  # another connection's index of the same table
             raw = message.value()
             mirror.apply(key, None if raw is None else json.loads(raw))
             count += 1
@@ -956,13 +967,20 @@ class KafkaLoader(Loader):
         self,
         topic: str,
         key: str,
-        value: bytes | None,
-        headers: list[tuple[str, str]],
+        value: bytes | str | None,
+        headers: list[tuple[str, str]] | None = None,
+        partition: int | None = None,
     ) -> None:
         producer = self.producer
         while True:
             try:
-                producer.produce(topic, value=value, key=key, headers=headers)
+                producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=headers,
+                    partition=-1 if partition is None else partition,  # -1: the partitioner's
+                )
                 return
             except BufferError:  # the local queue is full: let it drain
                 producer.poll(0.05)
@@ -984,6 +1002,8 @@ class KafkaLoader(Loader):
         blocks = batch.column(prepared.block_column).to_pylist()
         keys_in = batch.column(self.key_column).to_pylist() if self.key_column is not None else None
         network = block_range.network if block_range is not None else ""
+        if block_range is not None and (block_range.start, block_range.end) not in txn.covered:
+            txn.covered.append((block_range.start, block_range.end))
         common: list[tuple[str, str]] = [("_amp_op", "upsert")]
         if block_range is not None:
             common += [
@@ -1027,31 +1047,48 @@ class KafkaLoader(Loader):
         (``_amp_op: delete``), inside the open transaction; returns how many."""
         txn = self._txn_for(table)
         retracted = 0
-        writer = self._transactional_id(table)
         for block in self._known_blocks(table, start, end):
-            doomed: dict[tuple[str, str], str] = {}
-            if block not in txn.retracted:
-                for topic, key, network in self._committed_keys(table, block):
-                    doomed[(topic, key)] = network
-                for key, topic in self._dirty.get(block, {}).items():
-                    doomed.setdefault((topic, key), "")
+            doomed = self._known_keys(table, block) if block not in txn.retracted else {}
             written = txn.written.pop(block, None)
             if written is not None:
                 for key in _written_keys(table, block, written):
                     doomed.setdefault((written.topic, key), written.network)
             txn.retracted.add(block)
-            if not doomed:
-                continue
-            self._start_broker_txn(txn)
-            for (topic, key), network in doomed.items():
-                headers = [("_amp_op", "delete"), ("amp-block", str(block))]
-                if network:
-                    headers.append(("amp-network", network))
-                headers += [("amp-block-range", f"{start}-{end}"), ("amp-writer", writer)]
-                self._produce(topic, key, None, headers)
-            txn.produced += len(doomed)
-            retracted += len(doomed)
+            retracted += self._retract(txn, table, block, doomed, f"{start}-{end}")
         return retracted
+
+    def _known_keys(self, table: str, block: int) -> dict[tuple[str, str], str]:
+        """(topic, key) → network of every key ``block`` may show: committed or dirty."""
+        known = {
+            (topic, key): network for topic, key, network in self._committed_keys(table, block)
+        }
+        for key, topic in self._dirty.get(block, {}).items():
+            known.setdefault((topic, key), "")
+        return known
+
+    def _retract(
+        self,
+        txn: _Txn,
+        table: str,
+        block: int,
+        doomed: Mapping[tuple[str, str], str],
+        span: str | None = None,
+    ) -> int:
+        """Produce a tombstone for each of ``doomed`` (a block's keys); returns how many."""
+        if not doomed:
+            return 0
+        self._start_broker_txn(txn)
+        writer = self._transactional_id(table)
+        for (topic, key), network in doomed.items():
+            headers = [("_amp_op", "delete"), ("amp-block", str(block))]
+            if network:
+                headers.append(("amp-network", network))
+            if span is not None:
+                headers.append(("amp-block-range", span))
+            headers.append(("amp-writer", writer))
+            self._produce(topic, key, None, headers)
+        txn.produced += len(doomed)
+        return len(doomed)
 
     def commit(self) -> None:
         txn = self._txn
@@ -1062,26 +1099,22 @@ class KafkaLoader(Loader):
             return
         try:
             changes = self._finish_index(txn)
-            if txn.started or changes or txn.staged:
-                self._start_broker_txn(txn)
-                remaining = self.producer.flush(self.timeout)
-                if remaining:
-                    raise KafkaException(
-                        KafkaError(
-                            KafkaError._TIMED_OUT,
-                            f"{remaining} messages not delivered within {self.timeout:g} s",
-                            retriable=True,
-                        )
+            self._start_broker_txn(txn)
+            # The rows first: once a state record is visible, so are the rows it describes
+            # (even where aborted transactions show).
+            remaining = self.producer.flush(self.timeout)
+            if remaining:
+                raise KafkaException(
+                    KafkaError(
+                        KafkaError._TIMED_OUT,
+                        f"{remaining} messages not delivered within {self.timeout:g} s",
+                        retriable=True,
                     )
-                records = [*changes.items(), *txn.staged.items()]
-                for key, value in records:
-                    self.producer.produce(
-                        self.state_topic,
-                        key=json.dumps(list(key)),
-                        value=None if value is None else json.dumps(value),
-                        partition=0,
-                    )
-                self.producer.commit_transaction(self.timeout)
+                )
+            for key, value in (*changes.items(), *txn.staged.items()):
+                encoded = None if value is None else json.dumps(value)
+                self._produce(self.state_topic, json.dumps(list(key)), encoded, partition=0)
+            self.producer.commit_transaction(self.timeout)
         except KafkaException as exc:
             self.rollback()
             raise self._failure("committing a transaction", exc) from exc
@@ -1095,33 +1128,30 @@ class KafkaLoader(Loader):
             self._dirty.pop(block, None)
 
     def _finish_index(self, txn: _Txn) -> dict[StateKey, Any]:
-        """Before commit: tombstones for keys a rewritten block no longer has (and for its
-        dirty keys not written again), and the index records of the transaction."""
+        """Before commit: retract what the transaction's writes leave stale (keys a
+        rewritten block no longer has, every key of a block its block ranges cover but
+        that has no rows now, dirty keys not written again); then the index records."""
         table = txn.table
         changes: dict[StateKey, Any] = {}
-        if table is None or not (txn.written or txn.retracted):
+        if table is None:
             return changes
-        writer = self._transactional_id(table)
+        for start, end in txn.covered:
+            for block in self._known_blocks(table, start, end):
+                if block not in txn.written and block not in txn.retracted:
+                    self._retract(txn, table, block, self._known_keys(table, block))
+                    txn.retracted.add(block)
         for block, written in txn.written.items():
             if block in txn.retracted:
                 continue
             fresh = set(_written_keys(table, block, written))
-            stale: dict[tuple[str, str], str] = {}
-            for topic, key, network in self._committed_keys(table, block):
-                if topic != written.topic or key not in fresh:
-                    stale[(topic, key)] = network
-            for key, topic in self._dirty.get(block, {}).items():
-                if topic != written.topic or key not in fresh:
-                    stale.setdefault((topic, key), "")
-            if stale:
-                self._start_broker_txn(txn)
-                for (topic, key), network in stale.items():
-                    headers = [("_amp_op", "delete"), ("amp-block", str(block))]
-                    if network:
-                        headers.append(("amp-network", network))
-                    headers.append(("amp-writer", writer))
-                    self._produce(topic, key, None, headers)
-                txn.produced += len(stale)
+            stale = {
+                (topic, key): network
+                for (topic, key), network in self._known_keys(table, block).items()
+                if topic != written.topic or key not in fresh
+            }
+            self._retract(txn, table, block, stale)
+        if not (txn.written or txn.retracted):
+            return changes
         for block in txn.retracted:
             if block not in txn.written:
                 changes[self._index_key(table, block)] = None
@@ -1138,7 +1168,8 @@ class KafkaLoader(Loader):
             for block in self._mirror.index_blocks:
                 if block >= floor:
                     break
-                changes[self._index_key(table, block)] = None
+                if block not in txn.written:
+                    changes[self._index_key(table, block)] = None
         remaining_dirty = set(self._dirty) - set(txn.written) - txn.retracted
         prepared = self._prepared.get(table)
         now = time.monotonic()
