@@ -1353,16 +1353,7 @@ class KafkaStateStore:
                 and record["end"] >= block_range.start
                 and record["start"] <= block_range.end
             ):
-                found.append(
-                    ProcessedRange(
-                        record["network"],
-                        record["start"],
-                        record["end"],
-                        record["end_hash"],
-                        datetime.fromisoformat(record["processed_at"]),
-                        record.get("batch_hash"),
-                    )
-                )
+                found.append(ProcessedRange.from_record(record))
         return found
 
     def mark_processed(
@@ -1383,14 +1374,7 @@ class KafkaStateStore:
             block_range.end,
             block_range.hash or "",
         )
-        record = {
-            "network": block_range.network,
-            "start": block_range.start,
-            "end": block_range.end,
-            "end_hash": block_range.hash or "",
-            "processed_at": processed_at.isoformat(),
-            "batch_hash": batch_hash,
-        }
+        record = ProcessedRange.record(block_range, processed_at, batch_hash)
         self.loader._state_put(table, {key: record})
 
     def _forget(self, connection: str, table: str, doomed: Callable[[dict[str, Any]], bool]) -> int:

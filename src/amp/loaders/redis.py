@@ -362,16 +362,7 @@ class RedisStateStore:
                 continue
             record = json.loads(raw)
             if record["network"] == block_range.network and record["start"] <= block_range.end:
-                found.append(
-                    ProcessedRange(
-                        record["network"],
-                        record["start"],
-                        record["end"],
-                        record["end_hash"],
-                        datetime.fromisoformat(record["processed_at"]),
-                        record.get("batch_hash"),
-                    )
-                )
+                found.append(ProcessedRange.from_record(record))
         return found
 
     def mark_processed(
@@ -384,14 +375,7 @@ class RedisStateStore:
     ) -> None:
         records, by_end = self._ranges(connection, table)
         range_id = f"{block_range.network}:{block_range.start}:{block_range.end}:{block_range.hash}"
-        record = {
-            "network": block_range.network,
-            "start": block_range.start,
-            "end": block_range.end,
-            "end_hash": block_range.hash or "",
-            "processed_at": processed_at.isoformat(),
-            "batch_hash": batch_hash,
-        }
+        record = ProcessedRange.record(block_range, processed_at, batch_hash)
         writer = self._writer()
         writer.hset(records, range_id, json.dumps(record))
         writer.zadd(by_end, {range_id: block_range.end})

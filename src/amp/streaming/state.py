@@ -7,6 +7,7 @@ MULTI/EXEC, or its producer transaction), so state and rows land together.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -24,6 +25,31 @@ class ProcessedRange:
     end_hash: str
     processed_at: datetime
     batch_hash: str | None
+
+    @staticmethod
+    def record(
+        block_range: BlockRange, processed_at: datetime, batch_hash: str | None
+    ) -> dict[str, Any]:
+        """The JSON document of a processed range, for stores that keep documents."""
+        return {
+            "network": block_range.network,
+            "start": block_range.start,
+            "end": block_range.end,
+            "end_hash": block_range.hash or "",
+            "processed_at": processed_at.isoformat(),
+            "batch_hash": batch_hash,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> ProcessedRange:
+        return cls(
+            record["network"],
+            record["start"],
+            record["end"],
+            record["end_hash"],
+            datetime.fromisoformat(record["processed_at"]),
+            record.get("batch_hash"),
+        )
 
 
 class StateStore(Protocol):
