@@ -152,5 +152,7 @@ class ProgressDisplay:
         if self._live is not None:
             self._live.update(self._render())
             self._live.__exit__(None, None, None)
+            if not self.console.is_terminal:  # off a terminal the last frame has no newline
+                self.console.line()
         if self.head is not None:
             self.head.stop()
