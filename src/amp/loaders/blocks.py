@@ -38,8 +38,8 @@ def add_range_columns(batch: pa.RecordBatch, block_range: BlockRange | None) -> 
     return pa.RecordBatch.from_arrays(
         [
             *batch.columns,
-            pa.repeat(pa.scalar(start, pa.uint64()), rows).cast(pa.uint64()),
-            pa.repeat(pa.scalar(end, pa.uint64()), rows).cast(pa.uint64()),
+            pa.repeat(pa.scalar(start, pa.uint64()), rows),
+            pa.repeat(pa.scalar(end, pa.uint64()), rows),
         ],
         schema=with_range_columns(batch.schema),
     )
