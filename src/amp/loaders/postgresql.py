@@ -327,23 +327,36 @@ class PostgreSQLLoader(Loader):
         try:
             self._copy_context = cursor.copy(statement)
             self._copy = self._copy_context.__enter__()
+            self._copy_table = table
             self._copy.write(self._encoder.write_header())
-        except psycopg.Error as exc:
-            self._copy_context = None
-            self._copy = None
-            raise _destination_error(exc, f"COPY into {table}") from exc
-        self._copy_table = table
+        except BaseException as exc:
+            self._abort_copy(exc)
+            if isinstance(exc, psycopg.Error):
+                raise _destination_error(exc, f"COPY into {table}") from exc
+            raise
 
     def _finish_copy(self) -> None:
+        """End the open COPY; on any failure abort it (CopyFail) so the connection never
+        stays in COPY mode, where a later rollback would block."""
         if self._copy is None:
             return
-        context, copy = self._copy_context, self._copy
-        self._copy = self._copy_context = self._copy_table = None
         try:
-            copy.write(self._encoder.finish())
+            self._copy.write(self._encoder.finish())
+            context = self._copy_context
+            self._copy = self._copy_context = self._copy_table = None
             context.__exit__(None, None, None)
-        except psycopg.Error as exc:
-            raise _destination_error(exc, "finishing COPY") from exc
+        except BaseException as exc:
+            self._abort_copy(exc)
+            if isinstance(exc, psycopg.Error):
+                raise _destination_error(exc, "finishing COPY") from exc
+            raise
+
+    def _abort_copy(self, exc: BaseException) -> None:
+        context = self._copy_context
+        self._copy = self._copy_context = self._copy_table = None
+        if context is not None:
+            with contextlib.suppress(Exception):
+                context.__exit__(type(exc), exc, exc.__traceback__)
 
     def delete_blocks(self, table: str, block_column: str, start: int, end: int) -> int:
         self._finish_copy()
@@ -365,11 +378,8 @@ class PostgreSQLLoader(Loader):
             raise _destination_error(exc, "COMMIT") from exc
 
     def rollback(self) -> None:
-        if self._copy is not None:
-            context = self._copy_context
-            self._copy = self._copy_context = self._copy_table = None
-            with contextlib.suppress(Exception):
-                context.__exit__(DestinationError, DestinationError("rolled back"), None)
+        if self._copy_context is not None:
+            self._abort_copy(DestinationError("rolled back"))
         if self._conn is not None and not self._conn.closed:
             with contextlib.suppress(Exception):
                 self._conn.rollback()

@@ -171,6 +171,8 @@ class StreamingLoad:
         checkpoint = self.delivery.resume_point()
         if checkpoint is not None:
             self.committed = checkpoint
+        if self.committed is not None:
+            self._recent.append(self.committed)  # the first known microbatch boundary
 
     def results(self) -> Iterator[LoadResult]:
         loader = self.target.loader
@@ -302,7 +304,11 @@ class StreamingLoad:
                 self._recent.append(event.block_range)
                 self.committed = event.block_range
                 yield self._microbatch_result(current)
-                self.delivery.cleanup_if_due()
+                self.destination.call(
+                    self.delivery.cleanup_if_due,
+                    what="cleaning old processed ranges",
+                    before_retry=self._rollback,
+                )
                 if self.stop_event.is_set():
                     return None
             elif isinstance(event, Reorg):
@@ -344,6 +350,14 @@ class StreamingLoad:
         parent_hash = reorg.incoming.prev_hash
         restart = False
         if self.target.adds_range:
+            known_from = self._recent[0].start if self._recent else None
+            if known_from is None or start < known_from:
+                raise FatalLoadError(
+                    f"FATAL: a reorg invalidates blocks from {start}, before the microbatches "
+                    "this load knows the boundaries of; the query's rows carry no block "
+                    "number, so they cannot be invalidated exactly. Stopping client to "
+                    "prevent data loss. Add _block_num to the SELECT list."
+                )
             straddling = next((r for r in self._recent if r.end >= start), None)
             if straddling is not None and straddling.start < start:
                 start, parent_hash, restart = straddling.start, straddling.prev_hash, True
@@ -363,6 +377,8 @@ class StreamingLoad:
         self.committed = (
             BlockRange(network, start - 1, start - 1, hash=parent_hash) if start > 0 else None
         )
+        if self.committed is not None:
+            self._recent.append(self.committed)
         log.info(
             "Reorg on %s: blocks %d..%d invalidated, %d rows deleted from %s",
             network,
