@@ -37,9 +37,13 @@ class ServerError(AmpError):
 class DestinationError(AmpError):
     """The destination refused or failed an operation; ``sqlstate`` when SQL said why."""
 
-    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+    def __init__(
+        self, message: str, sqlstate: str | None = None, commit_outcome_unknown: bool = False
+    ) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
+        # A COMMIT whose connection was lost: it may or may not have been applied.
+        self.commit_outcome_unknown = commit_outcome_unknown
 
 
 class FatalLoadError(AmpError, RuntimeError):

@@ -372,10 +372,13 @@ class PostgreSQLLoader(Loader):
 
     def commit(self) -> None:
         self._finish_copy()
+        conn = self._connection()
         try:
-            self._connection().commit()
+            conn.commit()
         except psycopg.Error as exc:
-            raise _destination_error(exc, "COMMIT") from exc
+            error = _destination_error(exc, "COMMIT")
+            error.commit_outcome_unknown = conn.closed or conn.broken
+            raise error from exc
 
     def rollback(self) -> None:
         if self._copy_context is not None:

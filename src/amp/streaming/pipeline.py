@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from amp.errors import FatalLoadError, ProtocolError, ServerError
+from amp.errors import DestinationError, FatalLoadError, ProtocolError, ServerError
 from amp.flight.transport import FlightTransport, MessageStream
 from amp.loaders import Loader, LoadMode
 from amp.loaders.blocks import RANGE_END, add_range_columns, block_column, with_range_columns
@@ -448,7 +448,17 @@ def batch_load(
             if stop.is_set():
                 loader.rollback()
                 return []
-            loader.commit()
+            try:
+                loader.commit()
+            except DestinationError as exc:
+                if not exc.commit_outcome_unknown or mode is LoadMode.OVERWRITE:
+                    raise  # not applied, or running it again replaces the table: retry
+                raise FatalLoadError(
+                    f"FATAL: the COMMIT of a batch load into {table} failed ({exc}); it may or "
+                    "may not have been applied, and appending again could duplicate every "
+                    "row. Stopping client to prevent data loss: check the table, then load "
+                    "again (mode='overwrite' is safe to repeat)."
+                ) from exc
         finally:
             stream.close()
         total = sum(result.rows_loaded for result in results)

@@ -557,6 +557,9 @@ class RetryPolicy:
             try:
                 self.breaker.before_call()
                 result = current()
+            except FatalLoadError:
+                self.breaker.record_neutral()
+                raise  # already decided: stop, with its own message
             except Exception as exc:
                 delay = self.failure(exc, what)
                 if before_retry is not None:
