@@ -6,11 +6,6 @@ the destination must hold every canonical row exactly once and no row of a forke
 from __future__ import annotations
 
 import os
-import random
-import signal
-import subprocess
-import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +17,7 @@ import pytest
 
 from amp.client import Client
 from amp.devserver import DevServer
+from crashkit import amp_load_command, crash_and_restart
 
 KILLS = 20
 QUERY = "SELECT * FROM eth_firehose.logs"
@@ -29,56 +25,11 @@ KEYS = ["block_num", "log_index", "block_hash", "tx_hash", "data"]
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 CONNECTION = "crash"
-STARTED_LINE = "Loading checkpoint for connection=crash"
 
 
-class LoadProcess:
-    """``amp load`` in a child process; its stderr is read by a thread (no pipe stalls)."""
-
-    def __init__(self, server_url: str, destination: str, table: str) -> None:
-        command = [
-            sys.executable, "-m", "amp.cli", "load", "--server", server_url, "--query", QUERY,
-            "--to", destination, "--table", table, "--stream", "--checkpoint", "--idempotency",
-            "--no-progress", "--connection-name", CONNECTION,
-        ]  # fmt: skip
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        self.lines: list[str] = []
-        self.started = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-            if STARTED_LINE in line:
-                self.started.set()
-        self.started.set()  # the process ended: let the waiter look at why
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-        self._reader.join(timeout=30)
-
-
-def crash_and_restart(server: DevServer, destination: str, table: str, seed: int) -> int:
-    """Start, kill and restart the load KILLS times; returns the kills that hit a running
-    load (all of them, or the test fails)."""
-    rng = random.Random(seed)
-    for attempt in range(KILLS):
-        load = LoadProcess(server.url, destination, table)
-        assert load.started.wait(timeout=60), "amp load did not start within 60 s"
-        if load.process.poll() is not None:
-            pytest.fail(f"amp load exited by itself (attempt {attempt}):\n{''.join(load.lines)}")
-        # The moment of the kill is the experiment's input: anywhere in the next 1.5 s,
-        # which spans COPYs, commits, reorgs and waits for new blocks.
-        threading.Event().wait(rng.uniform(0.0, 1.5))
-        if load.process.poll() is not None:
-            pytest.fail(f"amp load exited by itself (attempt {attempt}):\n{''.join(load.lines)}")
-        load.kill()
-    return KILLS
+def crash_and_restart_load(server: DevServer, destination: str, table: str, seed: int) -> None:
+    command = amp_load_command(server.url, QUERY, destination, table, CONNECTION)
+    crash_and_restart(command, CONNECTION, seed, kills=KILLS)
 
 
 def catch_up(server: DevServer, loader: str, config: dict[str, object], table: str) -> None:
@@ -138,7 +89,7 @@ def busy_chain() -> Iterator[DevServer]:
 def test_postgresql_exactly_once_through_sigkills(busy_chain: DevServer) -> None:
     table = f"crash_{uuid.uuid4().hex[:10]}"
     try:
-        crash_and_restart(busy_chain, PG_URL, table, seed=11)
+        crash_and_restart_load(busy_chain, PG_URL, table, seed=11)
         catch_up(busy_chain, "postgresql", {"dsn": PG_DSN}, table)
         assert len(busy_chain.chain.reorgs) >= 5, "the run should have seen reorgs"
         with psycopg.connect(PG_DSN) as conn:
@@ -172,7 +123,7 @@ def _exists(conn: psycopg.Connection[tuple[object, ...]], table: str) -> bool:
 def test_duckdb_exactly_once_through_sigkills(busy_chain: DevServer, tmp_path: Path) -> None:
     path = tmp_path / "crash.duckdb"
     table = "crash_logs"
-    crash_and_restart(busy_chain, f"duckdb:///{path}", table, seed=13)
+    crash_and_restart_load(busy_chain, f"duckdb:///{path}", table, seed=13)
     catch_up(busy_chain, "duckdb", {"database": str(path)}, table)
     assert len(busy_chain.chain.reorgs) >= 5, "the run should have seen reorgs"
     with duckdb.connect(str(path), read_only=True) as conn:

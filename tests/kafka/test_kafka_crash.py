@@ -9,11 +9,6 @@ transaction the broker aborts; the checkpoint in the state topic says where to r
 
 from __future__ import annotations
 
-import random
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -21,57 +16,16 @@ from kafkakit import FAST_RESILIENCE, assert_topic_matches_chain, unique
 
 from amp.client import Client
 from amp.devserver import DevServer
+from crashkit import amp_load_command, crash_and_restart
 
 KILLS = 20
 QUERY = "SELECT * FROM eth_firehose.logs"
 CONNECTION = "crash"
-STARTED_LINE = f"Loading checkpoint for connection={CONNECTION}"
 
 
-class LoadProcess:
-    """``amp load`` in a child process; its stderr is read by a thread (no pipe stalls)."""
-
-    def __init__(self, server_url: str, destination: str, table: str) -> None:
-        command = [
-            sys.executable, "-m", "amp.cli", "load", "--server", server_url, "--query", QUERY,
-            "--to", destination, "--table", table, "--stream", "--checkpoint", "--idempotency",
-            "--no-progress", "--connection-name", CONNECTION,
-        ]  # fmt: skip
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        self.lines: list[str] = []
-        self.started = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-            if STARTED_LINE in line:
-                self.started.set()
-        self.started.set()  # the process ended: let the waiter look at why
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-        self._reader.join(timeout=30)
-
-
-def crash_and_restart(server: DevServer, destination: str, table: str, seed: int) -> None:
-    rng = random.Random(seed)
-    for attempt in range(KILLS):
-        load = LoadProcess(server.url, destination, table)
-        assert load.started.wait(timeout=60), "amp load did not start within 60 s"
-        if load.process.poll() is not None:
-            pytest.fail(f"amp load exited by itself (attempt {attempt}):\n{''.join(load.lines)}")
-        # The moment of the kill is the experiment's input: anywhere in the next 1.5 s,
-        # which spans produces, commits, retractions and waits for new blocks.
-        threading.Event().wait(rng.uniform(0.0, 1.5))
-        if load.process.poll() is not None:
-            pytest.fail(f"amp load exited by itself (attempt {attempt}):\n{''.join(load.lines)}")
-        load.kill()
+def crash_and_restart_load(server: DevServer, destination: str, table: str, seed: int) -> None:
+    command = amp_load_command(server.url, QUERY, destination, table, CONNECTION)
+    crash_and_restart(command, CONNECTION, seed, kills=KILLS)
 
 
 def catch_up(server: DevServer, config: dict[str, object], table: str) -> None:
@@ -122,7 +76,7 @@ def busy_chain() -> Iterator[DevServer]:
 @pytest.mark.slow
 def test_kafka_exactly_once_through_sigkills(busy_chain: DevServer, bootstrap: str) -> None:
     topic = unique("crash")
-    crash_and_restart(busy_chain, f"kafka://{bootstrap}/{topic}", "crash_logs", seed=17)
+    crash_and_restart_load(busy_chain, f"kafka://{bootstrap}/{topic}", "crash_logs", seed=17)
     catch_up(busy_chain, {"bootstrap_servers": bootstrap, "topic": topic}, "crash_logs")
     assert len(busy_chain.chain.reorgs) >= 5, "the run should have seen reorgs"
     assert_topic_matches_chain(bootstrap, topic, busy_chain.chain)
