@@ -426,25 +426,32 @@ def batch_load(
         try:
             target.prepare(stream.schema)
             loader.begin()
-            for index, event in enumerate(batch_events(stream.messages(stop))):
-                batch_started = time.monotonic()
-                loader.write(
-                    table, target.rows(event.batch, None), event.ranges[0] if event.ranges else None
-                )
-                results.append(
-                    LoadResult(
-                        success=True,
-                        rows_loaded=event.batch.num_rows,
-                        table_name=table,
-                        loader_type=loader.loader_type,
-                        duration=time.monotonic() - batch_started,
-                        metadata={
-                            "operation": "load",
-                            "batch_index": index,
-                            "block_ranges": [r.to_dict() for r in event.ranges],
-                        },
+            try:
+                for index, event in enumerate(batch_events(stream.messages(stop))):
+                    batch_started = time.monotonic()
+                    loader.write(
+                        table,
+                        target.rows(event.batch, None),
+                        event.ranges[0] if event.ranges else None,
                     )
-                )
+                    results.append(
+                        LoadResult(
+                            success=True,
+                            rows_loaded=event.batch.num_rows,
+                            table_name=table,
+                            loader_type=loader.loader_type,
+                            duration=time.monotonic() - batch_started,
+                            metadata={
+                                "operation": "load",
+                                "batch_index": index,
+                                "block_ranges": [r.to_dict() for r in event.ranges],
+                            },
+                        )
+                    )
+            except ServerError:
+                if not stop.is_set():
+                    raise
+                # stopped: the stream ended early on purpose; the rollback below applies
             if stop.is_set():
                 loader.rollback()
                 return []

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from amp.errors import ProtocolError
+from amp.errors import ProtocolError, ServerError
 from amp.flight.transport import FlightMessage
 from amp.streaming.types import BatchMetadata, BlockRange, MetadataError
 
@@ -145,10 +145,24 @@ class MicrobatchReader:
 
 
 def batch_events(messages: Iterable[FlightMessage]) -> Iterator[Data]:
-    """The rows of a batch (non-streaming) query; metadata is optional (older servers)."""
+    """The rows of a batch (non-streaming) query; metadata is optional (older servers).
+
+    A server that sends metadata ends a batch result with a ``ranges_complete: true``
+    marker; a stream that ends without it was cut short, and raises a ServerError
+    (UNAVAILABLE: worth running again) after the rows it did deliver.
+    """
+    saw_metadata = complete = False
     for message in messages:
+        metadata = _parse(message)
+        if metadata is not None:
+            saw_metadata = True
+            complete = complete or metadata.ranges_complete
         if message.batch.num_rows == 0:
             continue
-        metadata = _parse(message)
-        ranges = metadata.ranges if metadata is not None else ()
-        yield Data(message.batch, None, ranges)
+        yield Data(message.batch, None, metadata.ranges if metadata is not None else ())
+    if saw_metadata and not complete:
+        raise ServerError(
+            "the batch query's stream ended before its ranges_complete marker: the result "
+            "is incomplete",
+            "UNAVAILABLE",
+        )
