@@ -17,6 +17,9 @@ from collections.abc import Sequence
 
 import pytest
 
+from amp.client import Client
+from amp.devserver import DevServer
+
 
 def amp_load_command(server_url: str, query: str, destination: str, table: str,
                      connection: str) -> list[str]:  # fmt: skip
@@ -75,3 +78,55 @@ def crash_and_restart(
             load.fail_if_exited(attempt)
         finally:
             load.kill()
+
+
+CRASH_QUERY = "SELECT * FROM eth_firehose.logs"
+
+
+def busy_chain_server(initial_blocks: int) -> DevServer:
+    """A chain that grows 20 blocks a second with a reorg of depth 4 every 15 blocks."""
+    return DevServer(
+        port=0,
+        seed=7,
+        initial_blocks=initial_blocks,
+        max_interval=300,
+        block_time=0.05,
+        reorg_every=15,
+        reorg_depth=4,
+        mean_txs_per_block=30,
+    )
+
+
+def crash_and_restart_amp_load(
+    server: DevServer, destination: str, table: str, connection: str, seed: int
+) -> None:
+    """``crash_and_restart`` of ``amp load`` streaming CRASH_QUERY into ``destination``."""
+    command = amp_load_command(server.url, CRASH_QUERY, destination, table, connection)
+    crash_and_restart(command, connection, seed)
+
+
+def catch_up(
+    server: DevServer, connection: str, loader: str, config: dict[str, object], table: str
+) -> None:
+    """With block production stopped, run the load in-process (checkpoints and
+    idempotency on) until it reaches the head. One more block is mined first, so there is
+    always a microbatch to reach the head with, even when a killed run committed the last."""
+    server.stop_block_production()
+    server.chain.mine(1)
+    client = Client(server.url)
+    client.configure_connection(
+        connection,
+        loader,
+        {**config, "checkpoint": {"enabled": True}, "idempotency": {"enabled": True}},
+    )
+    head = server.chain.head
+    run = client.sql(CRASH_QUERY).load(connection, table, stream=True)
+    try:
+        for result in run:
+            assert result.success, result.error
+            ranges = result.metadata.get("block_ranges") or []
+            if ranges and ranges[-1]["end"] == head:
+                break
+    finally:
+        run.close()
+        client.close()

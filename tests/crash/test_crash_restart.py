@@ -15,47 +15,13 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from amp.client import Client
 from amp.devserver import DevServer
-from crashkit import amp_load_command, crash_and_restart
+from crashkit import busy_chain_server, catch_up, crash_and_restart_amp_load
 
-KILLS = 20
-QUERY = "SELECT * FROM eth_firehose.logs"
 KEYS = ["block_num", "log_index", "block_hash", "tx_hash", "data"]
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 CONNECTION = "crash"
-
-
-def crash_and_restart_load(server: DevServer, destination: str, table: str, seed: int) -> None:
-    command = amp_load_command(server.url, QUERY, destination, table, CONNECTION)
-    crash_and_restart(command, CONNECTION, seed, kills=KILLS)
-
-
-def catch_up(server: DevServer, loader: str, config: dict[str, object], table: str) -> None:
-    """With block production stopped, run the load in-process until it reaches the head.
-
-    One more block is mined so that there is always a microbatch to reach the head with,
-    even when a killed run had already committed the last one."""
-    server.stop_block_production()
-    server.chain.mine(1)
-    client = Client(server.url)
-    client.configure_connection(
-        CONNECTION,
-        loader,
-        {**config, "checkpoint": {"enabled": True}, "idempotency": {"enabled": True}},
-    )
-    head = server.chain.head
-    run = client.sql(QUERY).load(CONNECTION, table, stream=True)
-    try:
-        for result in run:
-            assert result.success, result.error
-            ranges = result.metadata.get("block_ranges") or []
-            if ranges and ranges[-1]["end"] == head:
-                break
-    finally:
-        run.close()
-        client.close()
 
 
 def assert_equals_chain(destination: pa.Table, server: DevServer) -> None:
@@ -71,17 +37,7 @@ def assert_equals_chain(destination: pa.Table, server: DevServer) -> None:
 
 @pytest.fixture
 def busy_chain() -> Iterator[DevServer]:
-    """A chain that grows 20 blocks a second with a reorg of depth 4 every 15 blocks."""
-    with DevServer(
-        port=0,
-        seed=7,
-        initial_blocks=3_000,
-        max_interval=300,
-        block_time=0.05,
-        reorg_every=15,
-        reorg_depth=4,
-        mean_txs_per_block=30,
-    ) as server:
+    with busy_chain_server(initial_blocks=3_000) as server:
         yield server
 
 
@@ -89,8 +45,8 @@ def busy_chain() -> Iterator[DevServer]:
 def test_postgresql_exactly_once_through_sigkills(busy_chain: DevServer) -> None:
     table = f"crash_{uuid.uuid4().hex[:10]}"
     try:
-        crash_and_restart_load(busy_chain, PG_URL, table, seed=11)
-        catch_up(busy_chain, "postgresql", {"dsn": PG_DSN}, table)
+        crash_and_restart_amp_load(busy_chain, PG_URL, table, CONNECTION, seed=11)
+        catch_up(busy_chain, CONNECTION, "postgresql", {"dsn": PG_DSN}, table)
         assert len(busy_chain.chain.reorgs) >= 5, "the run should have seen reorgs"
         with psycopg.connect(PG_DSN) as conn:
             columns = ", ".join(KEYS)
@@ -123,8 +79,8 @@ def _exists(conn: psycopg.Connection[tuple[object, ...]], table: str) -> bool:
 def test_duckdb_exactly_once_through_sigkills(busy_chain: DevServer, tmp_path: Path) -> None:
     path = tmp_path / "crash.duckdb"
     table = "crash_logs"
-    crash_and_restart_load(busy_chain, f"duckdb:///{path}", table, seed=13)
-    catch_up(busy_chain, "duckdb", {"database": str(path)}, table)
+    crash_and_restart_amp_load(busy_chain, f"duckdb:///{path}", table, CONNECTION, seed=13)
+    catch_up(busy_chain, CONNECTION, "duckdb", {"database": str(path)}, table)
     assert len(busy_chain.chain.reorgs) >= 5, "the run should have seen reorgs"
     with duckdb.connect(str(path), read_only=True) as conn:
         destination = conn.sql(f"SELECT {', '.join(KEYS)} FROM {table}").to_arrow_table()
