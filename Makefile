@@ -1,5 +1,6 @@
 # amp: `make demo` runs the main job on the embedded defaults; `make test` sets up and
-# runs every test, starting the PostgreSQL and Redis the tests talk to.
+# runs every test, starting the PostgreSQL and Redis the tests talk to; `make lint` runs
+# ruff and mypy (its settings, and the files it checks, are in pyproject.toml).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -25,6 +26,7 @@ test: $(STAMP) services
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 
 bench: $(STAMP) services
 	$(BIN)/python bench/devserver_throughput.py

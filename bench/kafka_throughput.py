@@ -14,7 +14,7 @@ All in one run, on the same ``logs`` rows of a simulated chain, cut into microba
    ceiling of this client and broker.
 3. loader: ``KafkaLoader`` as the pipeline drives it with checkpoint and idempotency on:
    per microbatch begin, ``delete_blocks`` (idempotent replay guard), ``write``, the
-   processed-range mark and checkpoint through ``KafkaStateStore``, commit. Adds the
+   processed-range mark and checkpoint through the loader's state store, commit. Adds the
    encoding, the per-block index and the state records, written after the rows.
 4. end to end: ``Client`` streaming load from a dev server in this process (the server's
    data generation and Flight framing share the GIL with the loader) until the head.

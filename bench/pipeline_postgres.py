@@ -19,27 +19,33 @@ import sys
 import time
 from collections.abc import Callable
 
-import pgpq
 import psycopg
 import pyarrow as pa
 
 from amp.client import Client
 from amp.loaders.postgresql import _TableWriter
 from amp.streaming.resilience import ResilienceConfig, RetryPolicy
+from barecopy import copy_batches
 
 DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 ROWS_PER_MESSAGE = 65_536  # the dev server's default split
 QUERY = "SELECT * FROM eth_firehose.logs"
-DISABLED = {
-    "retry": {"enabled": False},
-    "circuit_breaker": {"enabled": False},
-    "back_pressure": {"enabled": False},
+DISABLED_SETTINGS: dict[str, object] = {
+    "resilience": {
+        "retry": {"enabled": False},
+        "circuit_breaker": {"enabled": False},
+        "back_pressure": {"enabled": False},
+    }
 }
 
 
-def start_server(blocks: int, txs_per_block: int) -> tuple[subprocess.Popen[str], str]:
+def start_server(
+    blocks: int, txs_per_block: int, max_interval: int = 1000
+) -> tuple[subprocess.Popen[str], str]:
+    """A dev server in its own process (as a real server would be); returns its URL."""
     command = [sys.executable, "-m", "amp.cli", "dev", "--port", "0"]
     command += ["--initial-blocks", str(blocks), "--txs-per-block", str(txs_per_block)]
+    command += ["--max-interval", str(max_interval)]
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -61,27 +67,17 @@ def bare_copy(table: pa.Table) -> float:
         conn.execute("CREATE INDEX ON bench_bare (_block_num)")  # as the loader's table
         conn.commit()
         started = time.perf_counter()
-        encoder = pgpq.ArrowToPostgresBinaryEncoder(writer.copy_schema)
-        with (
-            conn.cursor() as cur,
-            cur.copy("COPY bench_bare FROM STDIN WITH (FORMAT BINARY)") as copy,
-        ):
-            copy.write(encoder.write_header())
-            for batch in batches:
-                copy.write(encoder.write_batch(batch))
-            copy.write(encoder.finish())
+        copy_batches(conn, "bench_bare", writer, batches)
         conn.commit()
         return time.perf_counter() - started
 
 
-def pipeline(url: str, head: int, resilience: dict[str, object] | None) -> tuple[float, int, int]:
+def pipeline(url: str, head: int, settings: dict[str, object]) -> tuple[float, int, int]:
     """Seconds, rows and guarded calls (one per message written, one per commit) of a
-    streaming load from block 0 until the head is committed."""
+    streaming load from block 0 until the head is committed; ``settings`` are added to
+    the connection's config (resilience, checkpoint, idempotency, commit_grouping)."""
     client = Client(url)
-    config: dict[str, object] = {"dsn": DSN}
-    if resilience is not None:
-        config["resilience"] = resilience
-    client.configure_connection("bench", "postgresql", config)
+    client.configure_connection("bench", "postgresql", {"dsn": DSN, **settings})
     rows = 0
     calls = 0
     started = time.perf_counter()
@@ -140,8 +136,8 @@ def main() -> None:
         timings: dict[str, list[float]] = {"resilience on": [], "resilience off": []}
         calls = 0
         for _ in range(args.repeat):  # interleaved, so drift affects both alike
-            for name, resilience in (("resilience on", None), ("resilience off", DISABLED)):
-                elapsed, loaded, calls = pipeline(url, head, resilience)
+            for name, settings in (("resilience on", {}), ("resilience off", DISABLED_SETTINGS)):
+                elapsed, loaded, calls = pipeline(url, head, settings)
                 assert loaded == rows, f"{name}: loaded {loaded} rows, expected {rows}"
                 timings[name].append(elapsed)
         per_call = policy_overhead_seconds()

@@ -4,9 +4,6 @@ Rows arrive exactly once, through server outages, destination outages, rate limi
 crashes, restarts and blockchain reorganizations.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from amp.version import package_version
 
-try:
-    __version__ = version("amp-python")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0"
+__version__ = package_version()

@@ -10,17 +10,35 @@ import argparse
 import logging
 import signal
 import sys
-import urllib.parse
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from amp import cli_env
+from amp.cli_checkpoints import add_checkpoints
+from amp.cli_env import add_auth_token_argument, add_server_argument, add_to_argument
+from amp.cli_load_run import CliLoad, consume, serve_metrics_for
+from amp.cli_logging import FORMATS as LOG_FORMATS
+from amp.cli_logging import configure_logging
+from amp.cli_options import add_option_argument
+from amp.cli_parallel import FIELDS as PARALLEL_FIELDS
+from amp.cli_parallel import add_parallel_arguments, parallel_config
+from amp.cli_query import add_query
+from amp.cli_tables import add_tables_command
+from amp.cli_verify import add_verify
 from amp.errors import AmpError, ConfigError
-from amp.progress import STDERR, HeadTracker, LoadStats, ProgressDisplay, head_query_for
+from amp.interrupts import ctrl_c_stops, exit_at_once, interrupted_line
+from amp.progress import LoadStats, ProgressDisplay
+from amp.redact import redact_text
+from amp.version import package_version
+
+log = logging.getLogger("amp.cli")
+
+PARALLEL_FLAGS = tuple(PARALLEL_FIELDS)
 
 if TYPE_CHECKING:
     from amp.client import LoadRun
-    from amp.streaming.pipeline import LoadResult
+    from amp.streaming.results import LoadResult
 
 
 def _add_dev(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,6 +69,12 @@ def _add_dev(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     dev.add_argument(
         "--auth-token", default=None, help="require 'authorization: Bearer TOKEN' on every call"
+    )
+    dev.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="wait before each data message, as a remote server's network would (benchmarks)",
     )
     dev.set_defaults(run=_run_dev)
 
@@ -95,6 +119,9 @@ def _run_dev(args: argparse.Namespace) -> int:
     def request_stop(signum: int, frame: FrameType | None) -> None:
         server.request_stop()
 
+    if args.latency_ms < 0:
+        raise ConfigError(f"--latency-ms must be >= 0, got {args.latency_ms}")
+    server.faults.set_latency(args.latency_ms / 1000)
     server.start()
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
@@ -105,68 +132,39 @@ def _run_dev(args: argparse.Namespace) -> int:
     return 0
 
 
-def destination_from_url(url: str) -> tuple[str, dict[str, Any]]:
-    """A destination URL → (loader, config): ``postgresql://user:pass@host:port/db``,
-    ``duckdb:///path.db``, ``redis://host:port/db`` or ``kafka://host:port/topic``."""
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme in ("postgresql", "postgres"):
-        return "postgresql", {"dsn": url}
-    if parsed.scheme == "duckdb":
-        path = url[len("duckdb://") :]
-        path = path[1:] if path.startswith("/") and path[1:] == ":memory:" else path
-        if path.startswith("//"):
-            path = path[1:]
-        return "duckdb", {"database": path or ":memory:"}
-    if parsed.scheme in ("redis", "rediss"):
-        return "redis", {"url": url}
-    if parsed.scheme == "kafka":
-        config: dict[str, Any] = {"bootstrap_servers": parsed.netloc}
-        if parsed.path.strip("/"):
-            config["topic"] = parsed.path.strip("/")
-        return "kafka", config
-    raise ConfigError(
-        f"unsupported destination URL {redact_url(url)!r}; use postgresql://user@host:port/db, "
-        "duckdb:///path/to/file.db, redis://host:port/db or kafka://host:port/topic"
-    )
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.password is None:
-        return url
-    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
-
-
 def _add_load(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     load = subparsers.add_parser(
         "load",
         help="load a query's results into a database",
         description="Run a query on an Amp server and load its rows into a table, once "
-        "(batch) or continuously (--stream), with live progress. Ctrl-C stops at a "
-        "microbatch boundary.",
+        "(batch) or continuously (--stream), with live progress, by one worker or split "
+        "over several (--parallel). Ctrl-C stops at a microbatch boundary; a second "
+        "Ctrl-C stops at once (exit 130).",
     )
-    load.add_argument("--server", required=True, help="Amp server URL, e.g. grpc://localhost:1602")
-    load.add_argument("--query", required=True, help="the SQL query")
+    add_server_argument(load, required=False)
     load.add_argument(
-        "--to",
-        required=True,
-        help="destination: postgresql://user@host:port/db or duckdb:///file.db",
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="a TOML file of loads ([[load]] tables) to run at once, each with its own "
+        "progress line and checkpoint; replaces --query, --to, --table and the other "
+        "per-load flags (README: amp load, config file)",
     )
-    load.add_argument("--table", required=True, help="destination table")
+    load.add_argument("--query", default=None, help="the SQL query (required without --config)")
+    add_to_argument(load, required=False)
+    load.add_argument("--table", default=None, help="destination table (required without --config)")
     load.add_argument("--stream", action="store_true", help="stream new blocks until stopped")
     load.add_argument(
         "--mode",
         choices=("append", "overwrite"),
-        default="append",
-        help="what to do with existing rows",
+        default=None,
+        help="what to do with existing rows (default append)",
     )
-    load.add_argument("--auth-token", default=None, help="bearer token (default: $AMP_AUTH_TOKEN)")
+    add_auth_token_argument(load)
     load.add_argument(
         "--checkpoint",
         action="store_true",
-        help="save a checkpoint with every microbatch and resume from it on restart",
+        help="save a checkpoint with every commit and resume from it on restart",
     )
     load.add_argument(
         "--idempotency",
@@ -175,10 +173,33 @@ def _add_load(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     load.add_argument(
         "--connection-name",
-        default="cli",
+        default=None,
         help="name that keys this load's checkpoints and processed ranges (default: cli)",
     )
-    load.add_argument("--no-progress", action="store_true", help="no live progress line")
+    load.add_argument("--no-progress", action="store_true", help="no live progress display")
+    add_option_argument(load)
+    load.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        default=None,
+        help="serve Prometheus /metrics and /healthz on 127.0.0.1:PORT while loading "
+        "(docs/operations.md)",
+    )
+    load.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics listener binds (default 127.0.0.1)",
+    )
+    load.add_argument(
+        "--stall-seconds",
+        type=float,
+        metavar="S",
+        default=None,
+        help="/healthz answers 503 when a load behind the chain head has not committed "
+        "for S seconds (default 300)",
+    )
+    add_parallel_arguments(load)
     load.set_defaults(run=_run_load)
 
 
@@ -190,124 +211,99 @@ def run_load_with_progress(
     """Consume a load, showing progress, until it ends or ``done(result)`` says so; the
     first Ctrl-C stops it at a microbatch boundary, a second one interrupts at once (the
     open transaction rolls back)."""
-    interrupted = False
+    with ctrl_c_stops(load):
+        return consume(load, display, done)
 
-    def on_sigint(signum: int, frame: FrameType | None) -> None:
-        nonlocal interrupted
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted = True
-        load.stop()
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        with display:
-            for result in load:
-                display.update(result)
-                if not result.success or (done is not None and done(result)):
-                    break
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        load.close()
-    return display.stats
+# Flags that describe one load: with --config, the file's [[load]] tables say these.
+_PER_LOAD_FLAGS: tuple[str, ...] = ("query", "to", "table", "stream", "mode", "checkpoint")
+_PER_LOAD_FLAGS += ("idempotency", "connection_name", "options", *PARALLEL_FLAGS)
+_REQUIRED_FLAGS = ("server", "query", "to", "table")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _given(args: argparse.Namespace, dest: str) -> bool:
+    value = getattr(args, dest)
+    if dest == "to" and value is not None and value == cli_env.from_env(cli_env.TO):
+        return False  # $AMP_TO, not the flag
+    return value not in (None, False, [])
 
 
 def _run_load(args: argparse.Namespace) -> int:
-    from amp.client import Client
+    if args.config is not None:
+        given = [_flag(dest) for dest in _PER_LOAD_FLAGS if _given(args, dest)]
+        if given:
+            raise ConfigError(
+                f"--config names the loads; {', '.join(given)} cannot be given with it "
+                "(write them as keys of the file's [[load]] tables; see README, amp load)"
+            )
+        from amp.cli_config_run import run_config
 
-    loader, config = destination_from_url(args.to)
-    if args.checkpoint:
-        config["checkpoint"] = {"enabled": True}
-    if args.idempotency:
-        config["idempotency"] = {"enabled": True}
-    client = Client(args.server, auth_token=args.auth_token)
-    name = args.connection_name
-    try:
-        client.configure_connection(name, loader, config)
-        load = client.sql(args.query).load(name, args.table, stream=args.stream, mode=args.mode)
-        head_sql = head_query_for(args.query)
-        tracker = HeadTracker(client.transport, head_sql) if head_sql and args.stream else None
-        display = ProgressDisplay(args.table, tracker, disabled=args.no_progress)
-        stats = run_load_with_progress(load, display)
-    finally:
-        client.close()
-    print(
-        f"loaded {stats.rows:,} rows into {args.table} ({stats.microbatches} microbatches, "
-        f"{stats.reorgs} reorgs handled)"
-    )
-    return 0 if stats.failures == 0 else 1
-
-
-def _add_query(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    query = subparsers.add_parser("query", help="run a batch query and print the result as a table")
-    query.add_argument("--server", required=True, help="Amp server URL")
-    query.add_argument("sql", help="the SQL query")
-    query.add_argument("--auth-token", default=None, help="bearer token (default: $AMP_AUTH_TOKEN)")
-    query.set_defaults(run=_run_query)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bytes):
-        return "0x" + value.hex()
-    return str(value)
-
-
-def _run_query(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from amp.client import Client
-
-    client = Client(args.server, auth_token=args.auth_token)
-    try:
-        result = client.sql(args.sql).to_arrow()
-    finally:
-        client.close()
-    table = Table(*result.column_names)
-    for row in result.to_pylist():
-        table.add_row(*(_cell(value) for value in row.values()))
-    console = Console()
-    console.print(table)
-    console.print(f"{result.num_rows:,} rows")
-    return 0
-
-
-def configure_logging(level: int) -> None:
-    """On a terminal, log through rich on the progress line's console, so records print
-    above it; elsewhere (files, pipes, CI), one plain line per record."""
-    handler: logging.Handler
-    if STDERR.is_terminal:
-        from rich.logging import RichHandler
-
-        handler = RichHandler(console=STDERR, show_path=False, rich_tracebacks=False)
-        fmt = "%(name)s: %(message)s"
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
+        return run_config(args)
+    missing = [_flag(dest) for dest in _REQUIRED_FLAGS if getattr(args, dest) is None]
+    if missing:
+        raise ConfigError(
+            f"the following arguments are required: {', '.join(missing)} (or --config FILE)"
+        )
+    args.mode = args.mode or "append"
+    args.connection_name = args.connection_name or "cli"
+    parallel = parallel_config(args)
+    with serve_metrics_for(args):
+        cli_load = CliLoad(args, parallel)
+        # Parallel workers are threads: a second Ctrl-C ends the process (amp.interrupts).
+        at_once = None
+        if parallel is not None:
+            at_once = lambda: exit_at_once(args.command, cli_load.stop_display)  # noqa: E731
+        try:
+            with ctrl_c_stops(cli_load.run, at_once=at_once):
+                cli_load.consume()
+        finally:
+            cli_load.close()
+    for line in cli_load.summary():
+        print(line)
+    return 1 if cli_load.failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amp", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"amp {package_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=None,
+        help="text for people, json for log shippers: one object per line on stderr "
+        f"(default: ${cli_env.LOG_FORMAT}, else text)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_dev(subparsers)
     _add_load(subparsers)
-    _add_query(subparsers)
+    add_query(subparsers)
+    add_tables_command(subparsers)
+    add_checkpoints(subparsers)
+    add_verify(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    log_format = args.log_format or cli_env.from_env(cli_env.LOG_FORMAT) or "text"
+    if log_format not in LOG_FORMATS:
+        parser.error(f"${cli_env.LOG_FORMAT} must be text or json, got {log_format!r}")
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO, log_format)
     try:
         return int(args.run(args))
     except (AmpError, ValueError, OSError) as exc:
-        print(f"amp {args.command}: error: {exc}", file=sys.stderr)
+        print(f"amp {args.command}: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # A second Ctrl-C (or one before the load started): one line, the shell's code.
+        print(interrupted_line(args.command), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,29 +12,32 @@ for result in client.sql("SELECT * FROM eth_firehose.logs").load(
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
 
-from amp import sqltext
+from amp import redact, sqltext
 from amp.config import check_keys, suggest, typed
+from amp.connection import ConnectionSettings
+from amp.deadpeer import DEFAULT_DEAD_PEER_TIMEOUT
 from amp.errors import ConfigError
 from amp.flight.transport import FlightTransport
-from amp.loaders import LOADERS, Loader, LoadMode, loader_class
-from amp.streaming.checkpoint import CheckpointConfig
-from amp.streaming.delivery import Delivery
-from amp.streaming.idempotency import IdempotencyConfig
-from amp.streaming.pipeline import LoadResult, StreamingLoad, batch_load
+from amp.loaders import LOADERS, DataLoader, LoadMode, describe_destination
+from amp.loop import Delivery, StreamingLoad, batch_load
+from amp.loop.parallel import Executor, ParallelLoad, ParallelRun, PartitionState, ThreadExecutor
+from amp.streaming.parallel import ParallelConfig
 from amp.streaming.reader import batch_events
-from amp.streaming.resilience import ResilienceConfig
+from amp.streaming.resilience import Edge
+from amp.streaming.results import LoadResult
 
 __all__ = ["Client", "LoadResult", "LoadRun", "QueryBuilder"]
 
-# Keys every connection accepts besides its loader's own (amp's delivery features).
-COMMON_KEYS = frozenset({"resilience", "checkpoint", "idempotency"})
 LOAD_OPTIONS = frozenset({"mode"})
+
+log = logging.getLogger("amp.client")
 
 
 class QueryBuilder:
@@ -70,12 +73,10 @@ class QueryBuilder:
         ``SETTINGS stream = true`` is appended only when the query has no SETTINGS clause;
         a query with other settings gets the header instead (never a second clause).
         """
-        body, settings = sqltext.split_settings(self.query)
-        if body == self.query:
+        clause = sqltext.trailing_settings(self.query)
+        if clause is None:
             return sqltext.with_streaming(self.query), None
-        if sqltext.requests_streaming(settings):
-            return self.query, None
-        return self.query, True
+        return self.query, None if clause.stream else True
 
     def load(
         self,
@@ -100,19 +101,34 @@ class QueryBuilder:
             raise ConfigError(
                 f"load option mode must be 'append' or 'overwrite', got {mode_name!r}"
             ) from None
-        if parallel_config is not None:
-            raise ConfigError("parallel_config is not supported yet; load without it")
         loader = self.client._get_loader(connection)
-        if mode is LoadMode.OVERWRITE and not loader.supports_overwrite:
+        server_edge = self.client.server_edge(connection)
+        if mode is LoadMode.OVERWRITE and not loader.can_overwrite:
             # Refused before anything runs: an overwrite first clears the load's state.
             raise ConfigError(
                 f"mode='overwrite' is not possible with the {loader.loader_type} loader: it "
                 "cannot delete what it wrote; load with mode='append' into a new destination"
             )
+        # Said before anything runs: a config that leaves host or database to defaults
+        # must not write somewhere unseen (libpq's default database is the OS user's name).
+        log.info("%s", describe_destination(loader, destination))
+        limits = loader.delivery_limits()
+        if limits is not None:
+            log.warning("%s", limits)
+        if parallel_config is not None:
+            return self._parallel_load(connection, destination, mode, parallel_config, stream)
         if not stream:
             stop = threading.Event()
             return LoadRun(
-                batch_load(self.client.transport, loader, destination, self.query, mode, stop),
+                batch_load(
+                    self.client.transport,
+                    loader,
+                    destination,
+                    self.query,
+                    mode,
+                    stop,
+                    server_edge=server_edge,
+                ),
                 stop,
             )
         sql, header = self._streaming_sql()
@@ -127,8 +143,109 @@ class QueryBuilder:
             mode=mode,
             streaming_header=header,
             delivery=delivery,
+            server_edge=server_edge,
+            grouping=self.client._settings[connection].grouping,
         )
         return LoadRun(_closing(load, loader), load.stop_event)
+
+    def _parallel_load(
+        self,
+        connection: str,
+        destination: str,
+        mode: LoadMode,
+        config: ParallelConfig,
+        stream: bool,
+    ) -> LoadRun:
+        """Workers with a loader each; the connection's own loader is worker 0's, so its
+        ``circuit_breaker`` is the breaker all of them share (the guide's monitoring)."""
+        if not isinstance(config, ParallelConfig):
+            raise ConfigError(
+                "parallel_config must be an amp.streaming.parallel.ParallelConfig, got "
+                f"{type(config).__name__}"
+            )
+        if not stream:
+            raise ConfigError(
+                "parallel_config needs stream=True: a parallel load streams each partition "
+                "(and live blocks after them); pass stream=True"
+            )
+        client = self.client
+        primary = client._get_loader(connection)
+        if primary.private:
+            raise ConfigError(
+                f"connection {connection!r} writes to a database only its own connection "
+                "sees (in-memory), which parallel workers cannot share; use a database file"
+            )
+        primary.check_parallel_writers()
+        if config.on_cluster and primary.one_writing_process:
+            raise ConfigError(
+                f"connection {connection!r} writes with {primary.loader_type}, which lets one "
+                "process at a time write its database file, and a Dask cluster's workers are "
+                "other processes: use executor='threads' (workers in this process) or a "
+                "destination that takes many writers (PostgreSQL, Redis, Kafka)"
+            )
+        base = client._settings[connection]
+        settings = base.for_parallel(config)
+        server_edge = client.server_edge(connection)
+        previous = primary.edge
+        if settings is not base:  # this load's own edges, with the overrides
+            resilience = settings.resilience
+            server_edge = Edge(f"server {client.url}", resilience)
+            primary.configure_resilience(resilience, edge=Edge(previous.name, resilience))
+        loaders: dict[int, DataLoader[Any]] = {0: primary}
+        lock = threading.Lock()
+
+        def loader_for(worker: int) -> DataLoader[Any]:
+            with lock:
+                if worker not in loaders:
+                    loaders[worker] = settings.build(connection, primary.edge)
+                return loaders[worker]
+
+        sql, header = self._streaming_sql()
+        run = ParallelRun(
+            transport=client.transport,
+            table=destination,
+            sql=sql,
+            header=header,
+            config=config,
+            grouping=settings.grouping,
+            server_edge=server_edge,
+            stop_event=threading.Event(),
+            loaders=loader_for,
+        )
+        load = ParallelLoad(run, mode, self._executor(connection, settings, config))
+
+        def results() -> Iterator[LoadResult]:
+            try:
+                yield from load.results()
+            finally:
+                for loader in loaders.values():
+                    loader.close()
+                if primary.edge is not previous:
+                    primary.configure_resilience(base.resilience, edge=previous)
+
+        return LoadRun(results(), run.stop_event, partitions=run.states)
+
+    def _executor(
+        self, connection: str, settings: ConnectionSettings, config: ParallelConfig
+    ) -> Executor:
+        """Worker threads here, or tasks on the Dask cluster ``config.executor`` names."""
+        if not config.on_cluster:
+            return ThreadExecutor()
+        from amp.cluster.executor import DaskExecutor, TaskTemplate
+
+        client = self.client
+        loader, raw = client._connections[connection]
+        template = TaskTemplate(
+            server_url=client.url,
+            auth_token=client._auth_token,
+            dead_peer_timeout=client.transport.dead_peer_timeout,
+            connection=connection,
+            loader=loader,
+            loader_module=settings.cls.__module__,
+            connection_config=dict(raw),
+            max_attempts=settings.resilience.retry.max_retries + 1,
+        )
+        return DaskExecutor(config.executor, template)
 
 
 class LoadRun(Iterator[LoadResult]):
@@ -139,9 +256,16 @@ class LoadRun(Iterator[LoadResult]):
     load ends before its next batch and rolls back. ``close()`` ends it at once.
     """
 
-    def __init__(self, results: Iterator[LoadResult], stop_event: threading.Event) -> None:
+    def __init__(
+        self,
+        results: Iterator[LoadResult],
+        stop_event: threading.Event,
+        partitions: dict[int, PartitionState] | None = None,
+    ) -> None:
         self._results = results
         self._stop_event = stop_event
+        # A parallel load's partitions by worker id, as the workers update them.
+        self.partitions = partitions
 
     def __iter__(self) -> LoadRun:
         return self
@@ -158,7 +282,7 @@ class LoadRun(Iterator[LoadResult]):
             close()
 
 
-def _closing(load: StreamingLoad, loader: Loader) -> Iterator[LoadResult]:
+def _closing(load: StreamingLoad, loader: DataLoader[Any]) -> Iterator[LoadResult]:
     """Run a streaming load; whatever ends it, close the stream and the destination."""
     try:
         yield from load.results()
@@ -170,19 +294,41 @@ class Client:
     """A client of one Amp server, with named destination connections."""
 
     def __init__(
-        self, url: str | None = None, auth_token: str | None = None, **kwargs: Any
+        self,
+        url: str | None = None,
+        auth_token: str | None = None,
+        *,
+        dead_peer_timeout: float | None = DEFAULT_DEAD_PEER_TIMEOUT,
+        **kwargs: Any,
     ) -> None:
+        """``dead_peer_timeout``: seconds within which a silent (black-holed) connection
+        to the server is noticed, through gRPC keepalive pings, and retried as
+        UNAVAILABLE; None sends no pings (for a server that refuses them)."""
         if kwargs:
             raise ConfigError(
                 f"unknown Client argument(s) {', '.join(sorted(kwargs))}; "
-                "Client takes url and auth_token"
+                "Client takes url, auth_token and dead_peer_timeout"
             )
         if url is None:
             raise ConfigError("Client needs the server URL, e.g. Client('grpc://localhost:1602')")
+        typed("Client()", "url", url, str)
+        # Credentials in the URL (grpc://user:token@host, or grpc://token@host) are the
+        # bearer token; the URL kept and shown everywhere has none, so no message leaks it.
+        url, url_user, url_password = redact.strip_userinfo(url)
+        url_token = url_password if url_password is not None else url_user
+        if url_token is not None and auth_token is not None and url_token != auth_token:
+            raise ConfigError(
+                "the server URL carries a token and auth_token gives another one; "
+                "give the token once, as auth_token"
+            )
         self.url = url
-        self.transport = FlightTransport(url, auth_token)
+        # The token as given (not one read from AMP_AUTH_TOKEN): what a Dask task gets.
+        self._auth_token = auth_token if auth_token is not None else url_token
+        self.transport = FlightTransport(url, self._auth_token, dead_peer_timeout)
         self._connections: dict[str, tuple[str, dict[str, Any]]] = {}
-        self._loaders: dict[str, Loader] = {}
+        self._loaders: dict[str, DataLoader[Any]] = {}
+        self._server_edges: dict[str, Edge] = {}
+        self._settings: dict[str, ConnectionSettings] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -192,27 +338,16 @@ class Client:
         """Register a destination as ``name``; the configuration is checked now, the
         connection is opened when a load first uses it."""
         typed("configure_connection()", "name", name, str)
-        cls = loader_class(loader)
-        if not isinstance(config, Mapping):
-            raise ConfigError(f"config for {name!r} must be a dict, got {type(config).__name__}")
-        check_keys(f"{loader} config", config, cls.config_keys | COMMON_KEYS)
-        own = {key: value for key, value in config.items() if key not in COMMON_KEYS}
-        resilience = ResilienceConfig.from_dict(config.get("resilience"))
-        checkpoint = CheckpointConfig.from_dict(config.get("checkpoint"))
-        idempotency = IdempotencyConfig.from_dict(config.get("idempotency"))
-        instance = cls(own, connection_name=name)
-        instance.configure_resilience(resilience)
-        instance.checkpoint_config = checkpoint
-        instance.idempotency_config = idempotency
-        if (checkpoint.enabled or idempotency.enabled) and not hasattr(instance, "state_store"):
-            raise ConfigError(
-                f"the {loader} loader cannot keep checkpoints or processed ranges in its "
-                "destination yet; disable 'checkpoint' and 'idempotency' for it"
-            )
+        settings = ConnectionSettings.parse(name, loader, config)
+        instance = settings.build(name)
         with self._lock:
             previous = self._loaders.pop(name, None)
             self._connections[name] = (loader, dict(config))
+            self._settings[name] = settings
             self._loaders[name] = instance
+            # The server edge of this connection's loads: its own breaker, so a server
+            # outage never opens the destination's.
+            self._server_edges[name] = Edge(f"server {self.url}", settings.resilience)
         if previous is not None:
             previous.close()
 
@@ -223,10 +358,15 @@ class Client:
     def get_available_loaders(self) -> list[str]:
         return sorted(LOADERS)
 
+    def server_edge(self, connection: str) -> Edge:
+        """The server edge of a connection's loads (its breaker, for monitoring)."""
+        self._get_loader(connection)  # a clear error for an unknown name
+        return self._server_edges[connection]
+
     def sql(self, query: str) -> QueryBuilder:
         return QueryBuilder(self, query)
 
-    def _get_loader(self, name: str) -> Loader:
+    def _get_loader(self, name: str) -> DataLoader[Any]:
         """The live loader of connection ``name`` (the guide's monitoring example uses it)."""
         try:
             return self._loaders[name]

@@ -24,7 +24,7 @@ from amp.cli import configure_logging, run_load_with_progress
 from amp.client import Client
 from amp.devserver import DevServer
 from amp.progress import HeadTracker, ProgressDisplay, head_query_for
-from amp.streaming.pipeline import LoadResult
+from amp.streaming.results import LoadResult
 
 DEMO_SECONDS = 30.0
 DATABASE = Path("demo-output/demo.duckdb")

@@ -4,8 +4,10 @@
     ├── ConfigError            bad input: fix the configuration or arguments (ValueError)
     ├── ProtocolError          the server broke the wire contract (permanent)
     ├── ServerError            a call to the Amp server failed (``status`` = gRPC code)
+    │   └── StreamEndedError   a streaming query's stream ended without an error (UNAVAILABLE)
     ├── DestinationError       a write/commit to the destination failed
     ├── FatalLoadError         the pipeline stopped to prevent data loss (RuntimeError)
+    │   └── StreamOwnedError   another process is loading the same stream (not retried)
     └── CircuitOpenError       rejected at once: the circuit breaker is open
 
 Each wraps the original exception as ``__cause__`` (raised ``from`` it).
@@ -34,6 +36,19 @@ class ServerError(AmpError):
         self.status = status
 
 
+class StreamEndedError(ServerError):
+    """A streaming query's stream ended without an error status.
+
+    Why a ServerError with status UNAVAILABLE: a streaming query never ends by itself
+    (protocol §2), so a clean end means the server shut down (SIGTERM) or a proxy closed
+    an idle stream. Both are transient: reconnect and resume after the last committed
+    microbatch with ``amp-resume``, like any dropped stream.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "UNAVAILABLE")
+
+
 class DestinationError(AmpError):
     """The destination refused or failed an operation; ``sqlstate`` when SQL said why."""
 
@@ -48,6 +63,25 @@ class DestinationError(AmpError):
 
 class FatalLoadError(AmpError, RuntimeError):
     """The load stopped on purpose so that nothing is lost or half-written."""
+
+
+class LoadStopped(AmpError):
+    """The load was asked to stop while it waited to retry: it ends at once, as at a
+    microbatch boundary (what was not committed is rolled back), instead of sitting out
+    a backoff of up to minutes first."""
+
+
+class StreamOwnedError(FatalLoadError):
+    """Another load owns this stream (connection, table, worker): two writers of one
+    stream would write its rows twice, so the load stops at once, never retried.
+
+    The message names the stream, the owner (host, PID, start time, as far as the
+    destination can tell) and the fix; ``owner`` holds that description.
+    """
+
+    def __init__(self, message: str, owner: str = "") -> None:
+        super().__init__(message)
+        self.owner = owner
 
 
 class CircuitOpenError(AmpError):

@@ -1,93 +1,129 @@
-"""The trailing ``SETTINGS key = value, ...`` clause of an Amp SQL query.
+"""The client's reading of a query's trailing ``SETTINGS key = value, ...`` clause.
 
-Why a scanner and not a regex over the whole text: ``SETTINGS`` may appear inside a
-string literal, a comment or a subquery; only a clause at the end of the top-level
-statement counts (protocol §1). Both the client (to append ``SETTINGS stream = true``
-only when the query lacks a clause) and the dev server (to detect streaming) use it.
+Why a real tokenizer (sqlglot's): ``SETTINGS`` may appear inside a string literal, a
+quoted identifier, a comment or a subquery, and a clause may be followed by comments or
+a ``;``; only a clause that ends the top-level statement counts (protocol §1). The
+client uses this to append ``SETTINGS stream = true`` only when the query has no clause.
+The dev server reads the clause with its own, separate code
+(``amp.devserver.settings_clause``), so that a bug here cannot hide one there.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-_PAIR = r"[A-Za-z_][A-Za-z0-9_]*\s*=\s*(?:'(?:[^']|'')*'|[^\s,;']+)"
-_TAIL = re.compile(rf"\s+(?P<pairs>{_PAIR}(?:\s*,\s*{_PAIR})*)\s*;?\s*$", re.DOTALL)
-_ONE_PAIR = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^']|'')*'|[^\s,;']+)")
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+import sqlglot
+import sqlglot.errors
+from sqlglot import exp
+from sqlglot.errors import TokenError
+from sqlglot.tokens import Token, Tokenizer, TokenType
 
+from amp.errors import ConfigError
 
-def _top_level_words(sql: str) -> list[tuple[int, str]]:
-    """``(position, word)`` for every identifier-like word outside strings and comments,
-    and ``(position, ';')`` for every statement terminator outside them."""
-    words: list[tuple[int, str]] = []
-    position = 0
-    depth = 0
-    length = len(sql)
-    while position < length:
-        char = sql[position]
-        if char in "'\"`":
-            end = sql.find(char, position + 1)
-            while end != -1 and end + 1 < length and sql[end + 1] == char:
-                end = sql.find(char, end + 2)
-            position = length if end == -1 else end + 1
-        elif sql.startswith("--", position):
-            end = sql.find("\n", position)
-            position = length if end == -1 else end + 1
-        elif sql.startswith("/*", position):
-            end = sql.find("*/", position + 2)
-            position = length if end == -1 else end + 2
-        elif char == "(":
-            depth += 1
-            position += 1
-        elif char == ")":
-            depth -= 1
-            position += 1
-        elif char == ";" and depth == 0:
-            words.append((position, ";"))
-            position += 1
-        elif char.isalpha() or char == "_":
-            match = _WORD.match(sql, position)
-            assert match is not None
-            if depth == 0:
-                words.append((position, match.group()))
-            position = match.end()
-        else:
-            position += 1
-    return words
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def split_settings(sql: str) -> tuple[str, dict[str, str]]:
-    """Split off a trailing top-level SETTINGS clause: ``(query, {key: value})``.
+@dataclass(frozen=True)
+class SettingsClause:
+    """A trailing SETTINGS clause: keys lowercased, values as written (strings quoted);
+    ``stream`` says whether it holds
+    ``stream = true`` with the boolean literal (``1`` or ``'true'`` do not stream)."""
 
-    Keys are lowercased (they match case-insensitively); values keep their spelling,
-    string literals keep their quotes. Without a clause the query comes back unchanged.
-    """
-    for position, word in reversed(_top_level_words(sql)):
-        if word == ";":
+    settings: dict[str, str]
+    stream: bool
+
+
+def _tokens(sql: str) -> list[Token]:
+    try:
+        return Tokenizer().tokenize(sql)
+    except TokenError as exc:
+        raise ConfigError(f"the query cannot be read as SQL: {exc}") from None
+
+
+def _statement_tokens(tokens: list[Token]) -> list[Token]:
+    """The tokens before the final ``;`` (and the comments after it), if any."""
+    end = len(tokens)
+    while end and tokens[end - 1].token_type is TokenType.SEMICOLON:
+        end -= 1
+    return tokens[:end]
+
+
+def _is_key(token: Token) -> bool:
+    return token.token_type is TokenType.IDENTIFIER or bool(_NAME.fullmatch(token.text))
+
+
+def _value_start(tokens: list[Token], end: int) -> int | None:
+    """Index of the first token of the value ending at ``tokens[end]``, or None."""
+    token = tokens[end]
+    if token.token_type in (TokenType.STRING, TokenType.NUMBER, TokenType.TRUE, TokenType.FALSE):
+        if (
+            token.token_type is TokenType.NUMBER
+            and end > 0
+            and tokens[end - 1].token_type in (TokenType.DASH, TokenType.PLUS)
+        ):
+            return end - 1
+        return end
+    if _is_key(token):
+        return end
+    return None
+
+
+def trailing_settings(sql: str) -> SettingsClause | None:
+    """The clause that ends the query's top-level statement, or None without one."""
+    tokens = _statement_tokens(_tokens(sql))
+    settings: dict[str, str] = {}
+    stream: bool | None = None  # the last ``stream`` setting decides
+    position = len(tokens) - 1
+    while position >= 0:
+        start = _value_start(tokens, position)
+        if start is None or start < 2:
+            return None
+        equals, key = tokens[start - 1], tokens[start - 2]
+        if equals.token_type is not TokenType.EQ or not _is_key(key):
+            return None
+        name = key.text.lower()
+        value = tokens[position]
+        settings.setdefault(name, sql[tokens[start].start : value.end + 1])
+        if name == "stream" and stream is None:
+            stream = value.token_type is TokenType.TRUE
+        before = start - 3
+        if before < 0:
+            return None
+        if tokens[before].token_type is TokenType.COMMA:
+            position = before - 1
             continue
-        if word.upper() != "SETTINGS":
-            continue
-        tail = _TAIL.match(sql, position + len(word))
-        if tail is None:
-            return sql, {}
-        settings = {key.lower(): value for key, value in _ONE_PAIR.findall(tail.group("pairs"))}
-        return sql[:position].rstrip(), settings
-    return sql, {}
+        if tokens[before].text.upper() == "SETTINGS":
+            return SettingsClause(settings, stream is True)
+        return None
+    return None
 
 
 def with_streaming(sql: str) -> str:
-    """``sql`` with ``SETTINGS stream = true`` appended, on its own line (a trailing
-    ``--`` comment cannot swallow it) and before nothing but a dropped final ``;``."""
-    tokens = _top_level_words(sql)
-    body = sql[: tokens[-1][0]] if tokens and tokens[-1][1] == ";" else sql
-    return f"{body.rstrip()}\nSETTINGS stream = true"
+    """``sql`` with ``SETTINGS stream = true`` appended on its own line (a trailing
+    ``--`` comment cannot swallow it), after dropping a final ``;``."""
+    return f"{without_final_semicolon(sql)}\nSETTINGS stream = true"
 
 
-def has_settings(sql: str) -> bool:
-    """True when the query already ends with a SETTINGS clause (of any keys)."""
-    return split_settings(sql)[0] != sql
+def unqualified_tables(sql: str) -> list[str]:
+    """Tables the query reads without a ``<dataset>.`` (CTE names aside), for the hint
+    on a "table not found" error; empty when the text cannot be parsed."""
+    try:
+        tree = sqlglot.parse_one(sql)
+    except sqlglot.errors.SqlglotError:
+        return []
+    ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+    names = {
+        table.name
+        for table in tree.find_all(exp.Table)
+        if table.name and not table.db and table.name not in ctes
+    }
+    return sorted(names)
 
 
-def requests_streaming(settings: dict[str, str]) -> bool:
-    """``stream = true`` exactly: the boolean literal, not ``1`` or ``'true'``."""
-    return settings.get("stream", "").lower() == "true"
+def without_final_semicolon(sql: str) -> str:
+    """``sql`` without its final ``;`` (and the comments after it), trailing space cut."""
+    tokens = _tokens(sql)
+    statement = _statement_tokens(tokens)
+    body = sql[: tokens[len(statement)].start] if len(statement) < len(tokens) else sql
+    return body.rstrip()

@@ -9,31 +9,25 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from oracle import PG_CONNINFO, PG_HOST, PG_PORT, Destination, pg_config
+from oracle import Destination, pg_config
+
+from kit import PG_DSN, require_postgres
 
 
 @pytest.fixture(scope="session")
 def postgres() -> str:
     """The conninfo of the test PostgreSQL, after checking that it answers."""
-    try:
-        with psycopg.connect(PG_CONNINFO, connect_timeout=5) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        pytest.fail(
-            f"PostgreSQL at {PG_HOST}:{PG_PORT} is not reachable: {exc}; run `make services`",
-            pytrace=False,
-        )
-    return PG_CONNINFO
+    require_postgres()
+    return PG_DSN
 
 
 def _make_destination(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Destination:
     if kind == "postgresql":
         request.getfixturevalue("postgres")
-        return Destination("postgresql", pg_config())
+        return Destination("postgresql", config=pg_config())
     path = tmp_path / "dest.duckdb"
-    return Destination("duckdb", {"database": str(path)}, duckdb_path=path)
+    return Destination("duckdb", duckdb_path=path, config={"database": str(path)})
 
 
 @pytest.fixture(params=["postgresql", "duckdb"])
@@ -44,7 +38,7 @@ def destination(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Dest
     try:
         yield dest
     finally:
-        dest.drop_tables()
+        dest.drop_created()
 
 
 @pytest.fixture
@@ -54,4 +48,4 @@ def pg_destination(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[D
     try:
         yield dest
     finally:
-        dest.drop_tables()
+        dest.drop_created()

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from oracle import Destination, assert_destination_equals_chain, connected, pg_config
+from oracle import Destination, connected, pg_config
 
 from amp.client import LoadResult
 from amp.devserver import DevServer
 from amp.errors import AmpError
+from kit import assert_table_equals_chain
 
 TABLES = ("logs", "transactions", "blocks")
 
@@ -43,7 +44,7 @@ def test_batch_load_equals_canonical_chain(
     with connected(server, destination) as client:
         results = list(client.sql(f"SELECT * FROM eth_firehose.{name}").load("dest", table))
         assert all(r.loader_type == destination.kind for r in results)
-    rows = assert_destination_equals_chain(destination, table, server.chain, name)
+    rows = assert_table_equals_chain(destination, table, server.chain, name)
     _check_results(results, table, rows)
 
 
@@ -56,14 +57,14 @@ def test_overwrite_replaces_and_append_appends(
     with connected(server, destination) as client:
         list(client.sql(query).load("dest", table))
         list(client.sql(query).load("dest", table, mode="append"))
-        assert_destination_equals_chain(destination, table, server.chain, name, copies=2)
+        assert_table_equals_chain(destination, table, server.chain, name, copies=2)
 
         results = list(client.sql(query).load("dest", table, mode="overwrite"))
-        rows = assert_destination_equals_chain(destination, table, server.chain, name)
+        rows = assert_table_equals_chain(destination, table, server.chain, name)
         _check_results(results, table, rows)
 
         list(client.sql(query).load("dest", table, mode="append"))
-        assert_destination_equals_chain(destination, table, server.chain, name, copies=2)
+        assert_table_equals_chain(destination, table, server.chain, name, copies=2)
 
 
 def test_overwrite_replaces_a_table_of_another_shape(
@@ -74,7 +75,7 @@ def test_overwrite_replaces_a_table_of_another_shape(
     with connected(server, destination) as client:
         list(client.sql("SELECT block_num, hash FROM eth_firehose.blocks").load("dest", table))
         list(client.sql("SELECT * FROM eth_firehose.logs").load("dest", table, mode="overwrite"))
-    assert_destination_equals_chain(destination, table, server.chain, "logs")
+    assert_table_equals_chain(destination, table, server.chain, "logs")
 
 
 def test_text_with_nul_fails_by_default_naming_the_column(
@@ -85,7 +86,7 @@ def test_text_with_nul_fails_by_default_naming_the_column(
     table = pg_destination.new_table("txs")
     config = pg_config()
     del config["text_nul"]
-    strict = Destination("postgresql", config)
+    strict = Destination("postgresql", config=config)
     with connected(server, strict) as client:
         run = client.sql("SELECT * FROM eth_firehose.transactions").load("dest", table)
         with pytest.raises(AmpError) as raised:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from oracle import TABLE_KEYS, pg_config
+from oracle import pg_config
 
 from amp.client import Client
 from amp.devserver import DevServer
@@ -16,6 +16,7 @@ from amp.errors import ConfigError, ServerError
 from amp.loaders import LOADERS
 from amp.loaders.duckdb import DuckDBLoader
 from amp.loaders.postgresql import PostgreSQLLoader
+from kit.sql import TABLE_KEYS
 
 TABLES = ("logs", "transactions", "blocks")
 

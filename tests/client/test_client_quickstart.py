@@ -7,10 +7,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from oracle import PG_DATABASE, PG_HOST, PG_PORT, Destination, assert_destination_equals_chain
-from streamdriver import caught_up
+from oracle import Destination
 
 from amp.devserver import DevServer
+from kit import PG_HOST, PG_PORT, assert_table_equals_chain, caught_up
+from kit.services import PG_DATABASE
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,7 +57,7 @@ def test_quick_start_basic_usage(
         results.close()
         client.close()
 
-        assert_destination_equals_chain(pg_destination, destination_table, srv.chain, "blocks")
+        assert_table_equals_chain(pg_destination, destination_table, srv.chain, "blocks")
 
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["Loaded 100 rows"] * 3, lines

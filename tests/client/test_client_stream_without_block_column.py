@@ -7,18 +7,13 @@ duplicates."""
 from __future__ import annotations
 
 import pytest
-from oracle import (
-    Destination,
-    arrow_rows,
-    assert_rows_equal,
-    canonical_count,
-    connected,
-    destination_rows,
-)
-from streamdriver import Action, Mine, Reorg, drive
+from oracle import Destination, connected
 
 from amp.devserver import DevServer
 from amp.devserver.chain import SimulatedChain
+from kit import Action, Mine, Reorg, canonical_count, drive
+from kit.chain import arrow_rows, assert_rows_equal
+from kit.sql import destination_rows
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,9 +53,9 @@ def test_reorg_shallower_than_the_last_microbatch(destination: Destination) -> N
         connected(srv, destination) as client,
     ):
         chain = srv.chain
-        expected_deleted = canonical_count(chain, "logs", 200, 249)
+        expected_deleted = canonical_count(chain, 200, 249)
         driven = drive(client.sql(QUERY).load("dest", table, stream=True), chain, [reorg])
-        (reported,) = driven.reorgs
+        (reported,) = driven.reorgs()
         invalidated = reported.metadata["invalidated_range"]
         assert (invalidated["start"], invalidated["end"]) == (200, 249), invalidated
         assert reported.metadata["rows_deleted"] == expected_deleted
@@ -83,8 +78,8 @@ def test_stream_without_block_column_through_many_reorgs(destination: Destinatio
     server = DevServer(port=0, seed=2, initial_blocks=250, max_interval=100, rows_per_message=50)
     with server as srv, connected(srv, destination) as client:
         driven = drive(client.sql(QUERY).load("dest", table, stream=True), srv.chain, actions)
-        assert len(driven.reorgs) == 5
-        for result in driven.reorgs:
+        assert len(driven.reorgs()) == 5
+        for result in driven.reorgs():
             assert result.metadata["rows_deleted"] >= 0
         _assert_equals_canonical(destination, table, srv.chain)
 
@@ -100,11 +95,11 @@ def test_stream_without_block_column_deep_reorg_small_microbatches(
         connected(srv, destination) as client,
     ):
         chain = srv.chain
-        expected_deleted = canonical_count(chain, "logs", 270, 299)
+        expected_deleted = canonical_count(chain, 270, 299)
         driven = drive(
             client.sql(QUERY).load("dest", table, stream=True), chain, [Reorg(25), Reorg(4)]
         )
-        first = driven.reorgs[0].metadata
+        first = driven.reorgs()[0].metadata
         assert (first["invalidated_range"]["start"], first["invalidated_range"]["end"]) == (
             270,
             299,
@@ -122,9 +117,9 @@ def test_reorg_into_the_first_microbatch_restarts_from_scratch(destination: Dest
         connected(srv, destination) as client,
     ):
         chain = srv.chain
-        expected_deleted = canonical_count(chain, "logs", 0, 49)
+        expected_deleted = canonical_count(chain, 0, 49)
         driven = drive(client.sql(QUERY).load("dest", table, stream=True), chain, [Reorg(3)])
-        (reported,) = driven.reorgs
+        (reported,) = driven.reorgs()
         invalidated = reported.metadata["invalidated_range"]
         assert (invalidated["start"], invalidated["end"]) == (0, 49), invalidated
         assert reported.metadata["rows_deleted"] == expected_deleted

@@ -7,11 +7,20 @@ import itertools
 from typing import Any
 
 import pytest
-from oracle import Destination, assert_destination_equals_chain, connected
-from streamdriver import Action, Mine, Reorg, assert_reorgs_reported, block_range, drive
+from oracle import Destination, connected
+from streamdriver import checked
 
 from amp.client import LoadResult
 from amp.devserver import DevServer
+from kit import (
+    Action,
+    Mine,
+    Reorg,
+    assert_reorgs_reported,
+    assert_table_equals_chain,
+    block_range,
+    drive,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,11 +53,11 @@ def test_stream_through_new_blocks_and_reorgs_of_depth_1_2_10(
     )
     with server as srv, connected(srv, destination) as client:
         run = client.sql(f"SELECT * FROM eth_firehose.{name}").load("dest", table, stream=True)
-        driven = drive(run, srv.chain, actions, table=name)
+        driven = drive(run, srv.chain, actions, on_result=checked(srv.chain, name))
         assert driven.ranges()[:3] == [(0, 99), (100, 199), (200, 299)]
         _assert_contiguous(driven.ranges(), reorgs)
         assert_reorgs_reported(driven, reorgs, max_interval)
-        assert_destination_equals_chain(destination, table, srv.chain, name)
+        assert_table_equals_chain(destination, table, srv.chain, name)
         assert len(srv.chain.reorgs) == len(reorgs)
 
 
@@ -63,14 +72,14 @@ def test_stream_through_reorg_deeper_than_a_microbatch(destination: Destination)
         connected(srv, destination) as client,
     ):
         run = client.sql("SELECT * FROM eth_firehose.logs").load("dest", table, stream=True)
-        driven = drive(run, srv.chain, actions, table="logs")
+        driven = drive(run, srv.chain, actions, on_result=checked(srv.chain, "logs"))
         ranges = driven.ranges()
         assert ranges[:30] == [(start, start + 9) for start in range(0, 300, 10)]
         # After reorg(25) at head 299 the stream resumes at the fork, 275..284.
         assert ranges[30] == (275, 284), ranges[30:]
         _assert_contiguous(ranges, reorgs)
         assert_reorgs_reported(driven, reorgs, max_interval)
-        assert_destination_equals_chain(destination, table, srv.chain, "logs")
+        assert_table_equals_chain(destination, table, srv.chain, "logs")
 
 
 def test_reorg_while_the_stream_waits_at_the_head(destination: Destination) -> None:
@@ -95,15 +104,15 @@ def test_reorg_while_the_stream_waits_at_the_head(destination: Destination) -> N
             if seen_reorg:
                 after.append((metadata["operation"], metadata))
 
-        driven = drive(run, chain, [reorg], on_result=record, table="logs")
+        driven = drive(run, chain, [reorg], on_result=checked(chain, "logs", record))
         assert [operation for operation, _ in after] == ["reorg", "load"], after
         assert after[0][1]["invalidated_range"]["start"] == 297
         assert after[0][1]["invalidated_range"]["end"] == 299
-        assert after[0][1]["rows_deleted"] == reorg.expected_deleted
+        assert after[0][1]["rows_deleted"] == reorg.rows_replaced
         reloaded = block_range(driven.results[-1])
         assert (reloaded["start"], reloaded["end"]) == (297, 299)
         assert reloaded["prev_hash"] != reloaded["hash"]
-        assert_destination_equals_chain(destination, table, chain, "logs")
+        assert_table_equals_chain(destination, table, chain, "logs")
 
 
 def test_stream_keeps_loading_after_a_reorg_that_spans_the_first_microbatch(
@@ -117,9 +126,11 @@ def test_stream_keeps_loading_after_a_reorg_that_spans_the_first_microbatch(
         connected(srv, destination) as client,
     ):
         run = client.sql("SELECT * FROM eth_firehose.blocks").load("dest", table, stream=True)
-        driven = drive(run, srv.chain, [Mine(1), *reorgs, Mine(1)], table="blocks")
+        driven = drive(
+            run, srv.chain, [Mine(1), *reorgs, Mine(1)], on_result=checked(srv.chain, "blocks")
+        )
         assert_reorgs_reported(driven, reorgs, 100)
-        assert_destination_equals_chain(destination, table, srv.chain, "blocks")
+        assert_table_equals_chain(destination, table, srv.chain, "blocks")
 
 
 def test_reorg_of_the_whole_chain(destination: Destination) -> None:
@@ -131,10 +142,12 @@ def test_reorg_of_the_whole_chain(destination: Destination) -> None:
         connected(srv, destination) as client,
     ):
         run = client.sql("SELECT * FROM eth_firehose.blocks").load("dest", table, stream=True)
-        driven = drive(run, srv.chain, [reorgs[0], Mine(1), reorgs[1]], table="blocks")
+        driven = drive(
+            run, srv.chain, [reorgs[0], Mine(1), reorgs[1]], on_result=checked(srv.chain, "blocks")
+        )
         assert [r.fork_height for r in reorgs] == [0, 0]
         assert_reorgs_reported(driven, reorgs, 100)
-        assert_destination_equals_chain(destination, table, srv.chain, "blocks")
+        assert_table_equals_chain(destination, table, srv.chain, "blocks")
 
 
 def test_connection_is_reusable_after_a_stream(destination: Destination) -> None:
@@ -150,7 +163,7 @@ def test_connection_is_reusable_after_a_stream(destination: Destination) -> None
         drive(client.sql(query).load("dest", stream_table, stream=True), srv.chain, [Reorg(2)])
         assert not client._get_loader("dest").connected
         list(client.sql("SELECT * FROM eth_firehose.blocks").load("dest", batch_table))
-        assert_destination_equals_chain(destination, batch_table, srv.chain, "blocks")
+        assert_table_equals_chain(destination, batch_table, srv.chain, "blocks")
         run = client.sql(query).load("dest", stream_table, stream=True, mode="overwrite")
-        drive(run, srv.chain, [Mine(3)], table="logs")
-        assert_destination_equals_chain(destination, stream_table, srv.chain, "logs")
+        drive(run, srv.chain, [Mine(3)], on_result=checked(srv.chain, "logs"))
+        assert_table_equals_chain(destination, stream_table, srv.chain, "logs")

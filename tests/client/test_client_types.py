@@ -10,20 +10,12 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from oracle import (
-    TABLE_KEYS,
-    Destination,
-    arrow_rows,
-    assert_destination_equals_chain,
-    assert_rows_equal,
-    column_filter,
-    connected,
-    destination_rows,
-    pg_config,
-)
-from streamdriver import Reorg, drive
+from oracle import Destination, column_filter, connected, pg_config
 
 from amp.devserver import DevServer
+from kit import Reorg, assert_table_equals_chain, drive
+from kit.chain import arrow_rows, assert_rows_equal
+from kit.sql import TABLE_KEYS, destination_rows
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,7 +76,7 @@ def test_every_column_round_trips(server: DevServer, destination: Destination, n
     with connected(server, destination) as client:
         list(client.sql(f"SELECT * FROM eth_firehose.{name}").load("dest", table))
     assert destination.columns(table) == canonical.schema.names
-    assert_destination_equals_chain(
+    assert_table_equals_chain(
         destination, table, server.chain, name, columns=_all_columns(canonical.schema, name)
     )
 
@@ -101,7 +93,7 @@ def test_every_column_round_trips_when_streamed(destination: Destination, name: 
         drive(run, srv.chain, [Reorg(5, mine=10, table=name)])
         canonical = srv.chain.canonical_table(name)
         _assert_edge_cases_present(canonical, name)
-        assert_destination_equals_chain(
+        assert_table_equals_chain(
             destination, table, srv.chain, name, columns=_all_columns(canonical.schema, name)
         )
 
@@ -131,7 +123,7 @@ def test_postgresql_column_types(server: DevServer, pg_destination: Destination)
 def test_postgresql_text_nul_strip(server: DevServer, pg_destination: Destination) -> None:
     """``text_nul='strip'`` keeps text columns as TEXT and removes only the NUL bytes."""
     table = pg_destination.new_table("txs")
-    strip = Destination("postgresql", pg_config(text_nul="strip"))
+    strip = Destination("postgresql", config=pg_config(text_nul="strip"))
     with connected(server, strip) as client:
         list(client.sql("SELECT * FROM eth_firehose.transactions").load("dest", table))
     canonical = server.chain.canonical_table("transactions")

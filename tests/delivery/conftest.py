@@ -13,30 +13,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from delivery_support import PG_DSN, Destination, unique
+from delivery_support import Destination
 
 from amp.devserver import DevServer
-
-
-@pytest.fixture(scope="session")
-def pg_reachable() -> None:
-    try:
-        with psycopg.connect(PG_DSN, connect_timeout=5) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        pytest.fail(
-            f"PostgreSQL is not reachable with {PG_DSN!r}: {exc}. The delivery tests need a "
-            "real PostgreSQL on 127.0.0.1:5432 (trust auth, database 'test', user 'postgres'); "
-            "start it with `make services`.",
-            pytrace=False,
-        )
-
-
-@pytest.fixture
-def pg_admin(pg_reachable: None) -> Iterator[psycopg.Connection[Any]]:
-    """An autocommit connection of the test itself (reads state, breaks things)."""
-    with psycopg.connect(PG_DSN, autocommit=True, application_name="amp-delivery-admin") as conn:
-        yield conn
+from kit import unique
 
 
 def _destination(
@@ -44,14 +24,14 @@ def _destination(
 ) -> Iterator[Destination]:
     table, name = unique("dlv"), unique("conn")
     if kind == "duckdb":
-        yield Destination("duckdb", table, name, duckdb_path=tmp_path / "dest.duckdb")
+        yield Destination("duckdb", duckdb_path=tmp_path / "dest.duckdb", table=table, name=name)
         return
     admin: psycopg.Connection[Any] = request.getfixturevalue("pg_admin")
-    dest = Destination("postgresql", table, name, admin=admin)
+    dest = Destination("postgresql", admin=admin, table=table, name=name)
     try:
         yield dest
     finally:
-        dest.cleanup()
+        dest.drop_created()
 
 
 @pytest.fixture(params=["postgresql", "duckdb"])

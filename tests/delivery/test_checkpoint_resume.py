@@ -12,13 +12,12 @@ import pytest
 from delivery_support import (
     Destination,
     assert_equals_chain,
-    block_range,
     load_to_head,
-    operation,
 )
 
-from amp.client import Client, LoadResult
+from amp.client import LoadResult
 from amp.devserver import DevServer
+from kit import block_range, operation
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -64,10 +63,11 @@ def assert_checkpoint_is(dest: Destination, expected_range: dict[str, Any]) -> d
 def test_checkpoint_advances_and_restart_resumes_after_it(
     srv: DevServer, dest: Destination, amp_logs: pytest.LogCaptureFixture
 ) -> None:
+    # One commit per microbatch (the guide's description), so each result has its own.
     config = dest.config(**CHECKPOINT)
     seen: list[dict[str, Any]] = []
 
-    def check(result: LoadResult, _client: Client) -> None:
+    def check(result: LoadResult) -> None:
         assert operation(result) == "load", result.metadata
         seen.append(assert_checkpoint_is(dest, block_range(result)))
 

@@ -13,15 +13,10 @@ import duckdb
 import psycopg
 import pytest
 from delivery_support import (
-    PG_DSN,
-    QUERY,
     Destination,
     assert_equals_chain,
     assert_processed_canonical,
-    block_range,
-    canonical_count,
     load_to_head,
-    operation,
 )
 
 from amp.client import Client, LoadResult
@@ -29,6 +24,7 @@ from amp.devserver import DevServer
 from amp.errors import ConfigError, FatalLoadError
 from amp.streaming.idempotency import DatabaseProcessedRangesStore
 from amp.streaming.types import hex_hash
+from kit import LOGS_QUERY, PG_DSN, block_range, canonical_count, operation
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -263,7 +259,7 @@ def test_features_are_off_by_default_and_auto_is_transactional(dest: Destination
         client.configure_connection(dest.name, dest.kind, dest.config(**IDEMPOTENT))
         loader = client._get_loader(dest.name)
         assert loader.idempotency_config.mode == "auto"
-        assert loader.idempotency_config.resolved_mode(loader.transactional) == "transactional"
+        assert loader.idempotency_mode == "transactional"
     finally:
         client.close()
 
@@ -278,7 +274,7 @@ def break_between_microbatches(
     results: list[LoadResult] = []
     try:
         client.configure_connection(dest.name, dest.kind, config)
-        run = client.sql(QUERY).load(dest.name, dest.table, stream=True)
+        run = client.sql(LOGS_QUERY).load(dest.name, dest.table, stream=True)
         try:
             with pytest.raises(FatalLoadError):
                 for result in run:

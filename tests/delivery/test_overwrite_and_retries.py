@@ -11,13 +11,12 @@ import pytest
 from delivery_support import (
     Destination,
     assert_equals_chain,
-    block_range,
     load_to_head,
-    operation,
 )
 
-from amp.client import Client, LoadResult
+from amp.client import LoadResult
 from amp.devserver import DevServer
+from kit import LOGS_QUERY, block_range, connected, drive, operation
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,14 +65,17 @@ def test_terminated_backend_between_microbatches_is_retried(
     config = pg_dest.config(resilience=FAST_RETRIES)
     killed: list[int] = []
 
-    def terminate(result: LoadResult, client: Client) -> None:
-        if len(killed) < 5 and block_range(result)["end"] % 20 == 9:
-            pid = client._get_loader(pg_dest.name).connection.info.backend_pid
-            row = pg_admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()
-            assert row is not None and row[0] is True, f"backend {pid} was not terminated"
-            killed.append(pid)
+    with connected(srv, pg_dest.name, "postgresql", config) as client:
 
-    run = load_to_head(srv, pg_dest, config, on_result=terminate)
+        def terminate(result: LoadResult) -> None:
+            if len(killed) < 5 and block_range(result)["end"] % 20 == 9:
+                pid = client._get_loader(pg_dest.name).connection.info.backend_pid
+                row = pg_admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()
+                assert row is not None and row[0] is True, f"backend {pid} was not terminated"
+                killed.append(pid)
+
+        load = client.sql(LOGS_QUERY).load(pg_dest.name, pg_dest.table, stream=True)
+        run = drive(load, srv.chain, on_result=terminate)
     assert len(killed) == 5
     assert len(set(killed)) == 5, "every retry must run on a new connection"
     assert [block_range(r)["start"] for r in run.results] == list(range(0, 100, 10))

@@ -9,27 +9,15 @@ from pathlib import Path
 
 import duckdb
 
-from amp.client import Client
 from amp.devserver import DevServer
+from kit import load_to_head
 
 QUERY = "SELECT tx_hash, log_index, data FROM eth_firehose.logs"
 
 
 def _load_to_head(server: DevServer, database: Path) -> None:
-    client = Client(server.url)
-    client.configure_connection(
-        "range_keyed", "duckdb", {"database": str(database), "checkpoint": {"enabled": True}}
-    )
-    run = client.sql(QUERY).load("range_keyed", "logs", stream=True)
-    try:
-        for result in run:
-            assert result.success, result.error
-            ranges = result.metadata.get("block_ranges") or []
-            if ranges and ranges[-1]["end"] == server.chain.head:
-                break
-    finally:
-        run.close()
-        client.close()
+    config = {"database": str(database), "checkpoint": {"enabled": True}}
+    load_to_head(server, "range_keyed", "duckdb", config, "logs", query=QUERY)
 
 
 def test_reorg_inside_the_checkpointed_microbatch_reloads_it_whole(tmp_path: Path) -> None:

@@ -7,24 +7,20 @@ range of a forked block."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import pytest
 from delivery_support import (
     Destination,
-    Session,
     assert_equals_chain,
     assert_processed_canonical,
-    block_range,
-    canonical_count,
     load_to_head,
-    operation,
 )
 
-from amp.client import Client, LoadResult
+from amp.client import LoadResult
 from amp.devserver import DevServer
 from amp.devserver.chain import SimulatedChain
 from amp.streaming.types import hex_hash
+from kit import ChainChange, Driven, assert_reorgs_reported, block_range, canonical_count, operation
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,59 +28,7 @@ FEATURES = {"checkpoint": {"enabled": True}, "idempotency": {"enabled": True}}
 MAX_INTERVAL = 10  # the srv fixture's microbatch size
 
 
-@dataclass
-class ChainChange:
-    """Reorgs and mined blocks (``("reorg", depth)`` / ``("mine", n)``) applied as one
-    change of the chain, so the server sees them together. Records what the load must
-    report: the lowest fork height, the old head, and the rows the destination held for
-    the replaced blocks."""
-
-    steps: tuple[tuple[str, int], ...]
-    fork_height: int = -1
-    old_head: int = -1
-    new_head: int = -1
-    replaced_rows: int = -1
-
-    def __call__(self, chain: SimulatedChain) -> None:
-        with chain.changed:
-            self.old_head = head = chain.head
-            forks = []
-            for kind, count in self.steps:
-                if kind == "reorg":
-                    forks.append(head - count + 1)
-                else:
-                    head += count
-            self.fork_height = min(forks)
-            self.replaced_rows = canonical_count(chain, self.fork_height, self.old_head)
-            for kind, count in self.steps:
-                if kind == "reorg":
-                    chain.reorg(count)
-                else:
-                    chain.mine(count)
-            self.new_head = chain.head
-
-    def invalidated(self) -> tuple[int, int]:
-        """§3: ``[incoming.start, max(incoming.end, last.end)]``."""
-        incoming_end = min(self.new_head, self.fork_height + MAX_INTERVAL - 1)
-        return self.fork_height, max(incoming_end, self.old_head)
-
-
-def assert_reorgs_reported(run: Session, changes: list[ChainChange]) -> None:
-    reported = run.of("reorg")
-    assert len(reported) == len(changes), [r.metadata for r in reported]
-    for change, result in zip(changes, reported, strict=True):
-        invalidated = result.metadata["invalidated_range"]
-        assert (invalidated["start"], invalidated["end"]) == change.invalidated(), (
-            f"{change.steps} at head {change.old_head}: invalidated {invalidated}"
-        )
-        assert result.metadata["rows_deleted"] == change.replaced_rows, (
-            f"{change.steps}: the destination held {change.replaced_rows} rows of the "
-            f"replaced blocks, rows_deleted says {result.metadata['rows_deleted']}"
-        )
-        assert result.rows_loaded == 0
-
-
-def assert_state_consistent(dest: Destination, run: Session, chain: SimulatedChain) -> None:
+def assert_state_consistent(dest: Destination, run: Driven, chain: SimulatedChain) -> None:
     """The checkpoint is the last committed microbatch; no forked range is 'processed'."""
     checkpoint = dest.checkpoint()
     assert checkpoint is not None
@@ -106,10 +50,10 @@ def assert_state_consistent(dest: Destination, run: Session, chain: SimulatedCha
 def test_reorg_while_streaming(
     srv: DevServer, dest: Destination, steps: list[tuple[tuple[str, int], ...]]
 ) -> None:
-    changes = [ChainChange(s) for s in steps]
+    changes = [ChainChange(*s) for s in steps]
     run = load_to_head(srv, dest, dest.config(**FEATURES), actions=changes)
 
-    assert_reorgs_reported(run, changes)
+    assert_reorgs_reported(run, changes, MAX_INTERVAL)
     assert_equals_chain(dest, srv.chain)
     assert_state_consistent(dest, run, srv.chain)
     archived = dest.history()
@@ -128,11 +72,11 @@ def test_reorg_while_stopped_is_found_on_resume(
     before = dest.checkpoint()
     assert before is not None
     assert before["checkpoint_data"]["ranges"][0]["end"] == 99
-    change = ChainChange((("reorg", depth),))
+    change = ChainChange(("reorg", depth))
     change(srv.chain)  # blocks fork..99 replaced while no load runs
     fork = change.fork_height
 
-    def stop_after_first(_result: LoadResult, _client: Client) -> bool:
+    def stop_after_first(_result: LoadResult) -> bool:
         return True
 
     # Restart: the checkpoint's block 99 is forked; stop right after the first result.
@@ -141,7 +85,7 @@ def test_reorg_while_stopped_is_found_on_resume(
     assert operation(first) == "reorg", f"the reorg must be reported first: {first.metadata}"
     invalidated = first.metadata["invalidated_range"]
     assert (invalidated["start"], invalidated["end"]) == (fork, 99)
-    assert first.metadata["rows_deleted"] == change.replaced_rows
+    assert first.metadata["rows_deleted"] == change.rows_replaced
 
     saved = dest.checkpoint()
     assert saved is not None
@@ -177,9 +121,9 @@ def test_reorg_of_a_reorg_checkpoint_while_stopped(srv: DevServer, dest: Destina
     loader is stopped: the resume finds that by hash too."""
     config = dest.config(**FEATURES)
     load_to_head(srv, dest, config)
-    ChainChange((("reorg", 3),))(srv.chain)  # 97..99
+    ChainChange(("reorg", 3))(srv.chain)  # 97..99
 
-    def stop_after_first(_result: LoadResult, _client: Client) -> bool:
+    def stop_after_first(_result: LoadResult) -> bool:
         return True
 
     second = load_to_head(srv, dest, config, on_result=stop_after_first)
@@ -189,7 +133,7 @@ def test_reorg_of_a_reorg_checkpoint_while_stopped(srv: DevServer, dest: Destina
     assert saved["checkpoint_data"]["ranges"][0]["end"] == 96
 
     held = canonical_count(srv.chain, 92, 96)  # the destination holds blocks up to 96
-    ChainChange((("reorg", 8), ("mine", 4)))(srv.chain)  # 92..99 replaced, 100..103 new
+    ChainChange(("reorg", 8), ("mine", 4))(srv.chain)  # 92..99 replaced, 100..103 new
     third = load_to_head(srv, dest, config)
     first = third.results[0]
     assert operation(first) == "reorg", first.metadata

@@ -5,35 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
-from faultkit import PG_DSN, Destination
+from faultkit import Destination
 
 from amp.client import Client
 from amp.devserver import DevServer
-
-
-@pytest.fixture(scope="session")
-def pg_available() -> None:
-    """PostgreSQL must be up: this suite fails (never skips) without it."""
-    try:
-        with psycopg.connect(PG_DSN, connect_timeout=5) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        pytest.fail(
-            f"PostgreSQL is not reachable with {PG_DSN!r}: {exc}. The fault tests need a real "
-            "PostgreSQL (trust auth, database 'test', user 'postgres') on 127.0.0.1:5432.",
-            pytrace=False,
-        )
-
-
-@pytest.fixture
-def pg_admin(pg_available: None) -> Iterator[psycopg.Connection[Any]]:
-    """A separate autocommit connection, for checks and for making PostgreSQL fail."""
-    with psycopg.connect(PG_DSN, autocommit=True, application_name="amp-faults-admin") as conn:
-        yield conn
+from kit import PG_DSN, require_postgres
 
 
 @pytest.fixture(params=["postgresql", "duckdb"])
@@ -51,14 +30,15 @@ def _destination(
     request: pytest.FixtureRequest, kind: str, tmp_path: Path
 ) -> Iterator[Destination]:
     if kind == "duckdb":
-        yield Destination("duckdb", duckdb_path=str(tmp_path / "amp.duckdb"))
+        yield Destination("duckdb", duckdb_path=tmp_path / "amp.duckdb")
         return
-    request.getfixturevalue("pg_available")
+    require_postgres()
     with psycopg.connect(PG_DSN, autocommit=True, application_name="amp-faults-check") as conn:
-        destination = Destination("postgresql", pg_admin=conn)
-        yield destination
-        for table in destination.created:
-            conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+        destination = Destination("postgresql", admin=conn)
+        try:
+            yield destination
+        finally:
+            destination.drop_created()
 
 
 @pytest.fixture

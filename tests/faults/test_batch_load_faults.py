@@ -9,13 +9,11 @@ from typing import Any
 import psycopg
 import pytest
 from faultkit import (
-    QUERY,
     SERIALIZATION_FAILURE,
     TERMINATE_SELF,
     Destination,
     FailOnce,
     add_check_constraint,
-    assert_equals_chain,
     fast_resilience,
     log_trigger,
     messages_of,
@@ -25,6 +23,7 @@ from faultkit import (
 from amp.client import Client, LoadResult
 from amp.devserver import DevServer
 from amp.errors import FatalLoadError
+from kit import LOGS_QUERY, assert_table_equals_chain
 
 CONNECTION = "dest"
 
@@ -34,14 +33,14 @@ def info_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="amp")
 
 
-def _batch_load(client: Client, table: str, query: str = QUERY) -> list[LoadResult]:
+def _batch_load(client: Client, table: str, query: str = LOGS_QUERY) -> list[LoadResult]:
     return list(client.sql(query).load(CONNECTION, table, stream=False))
 
 
 def _failed_batch_load(client: Client, table: str) -> tuple[list[LoadResult], FatalLoadError]:
     results: list[LoadResult] = []
     with pytest.raises(FatalLoadError) as raised:
-        for result in client.sql(QUERY).load(CONNECTION, table, stream=False):
+        for result in client.sql(LOGS_QUERY).load(CONNECTION, table, stream=False):
             results.append(result)
     assert isinstance(raised.value, RuntimeError)
     assert len(results) == 1 and results[0].success is False, [r.metadata for r in results]
@@ -76,7 +75,7 @@ def test_transient_fault_in_batch_load_reruns_it_whole(
     assert results[-1].metadata == {"operation": "commit", "total_rows": expected}
     assert sum(r.rows_loaded for r in results) == expected
     assert len(messages_of(caplog.records, "for transient error:")) == 1
-    assert_equals_chain(destination, table, srv)
+    assert_table_equals_chain(destination, table, srv.chain)
 
 
 @pytest.mark.parametrize(
@@ -101,7 +100,7 @@ def test_transient_destination_failure_mid_batch_load_reruns_it_whole(
     try:
         results = _batch_load(client, table)
         assert trigger.fired(), "the trigger never fired: the fault was not injected"
-        assert_equals_chain(postgres, table, srv)
+        assert_table_equals_chain(postgres, table, srv.chain)
     finally:
         trigger.disarm()
     assert results[-1].metadata == {"operation": "commit", "total_rows": len(oracle_keys(srv))}
@@ -166,4 +165,4 @@ def test_batch_load_after_failed_one_equals_chain(
     ):
         _failed_batch_load(client, table)
     _batch_load(client, table)
-    assert_equals_chain(destination, table, srv)
+    assert_table_equals_chain(destination, table, srv.chain)

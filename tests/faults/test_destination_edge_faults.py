@@ -12,20 +12,12 @@ from typing import Any
 import psycopg
 import pytest
 from faultkit import (
-    PG_DSN,
-    PG_HOST,
-    PG_PORT,
-    QUERY,
     SERIALIZATION_FAILURE,
     TERMINATE_SELF,
     Destination,
     FailOnce,
-    TcpProxy,
     add_check_constraint,
     assert_contiguous_loads,
-    assert_equals_chain,
-    collect,
-    drive,
     fast_resilience,
     log_trigger,
     messages_of,
@@ -35,6 +27,8 @@ from faultkit import (
 from amp.client import Client, LoadResult
 from amp.devserver import DevServer
 from amp.errors import FatalLoadError
+from kit import LOGS_QUERY, PG_DSN, PG_HOST, PG_PORT, assert_table_equals_chain, collect, drive
+from tcpproxy import TcpProxy
 
 CONNECTION = "pg"
 
@@ -74,10 +68,14 @@ def test_terminated_backend_mid_stream_reconnects_and_rewrites_microbatch(
         (killed,) = pg_admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,)).fetchone()  # type: ignore[misc]
         assert killed is True
 
-    results = drive(client.sql(QUERY).load(CONNECTION, table, stream=True), srv, kill_after_first)
+    results = drive(
+        client.sql(LOGS_QUERY).load(CONNECTION, table, stream=True),
+        srv.chain,
+        on_result=kill_after_first,
+    ).results
 
     assert_contiguous_loads(results, srv)
-    assert_equals_chain(postgres, table, srv)
+    assert_table_equals_chain(postgres, table, srv.chain)
     retries = messages_of(caplog.records, "for transient error:")
     assert retries and retries[0].startswith("Retry attempt 1/5 for transient error:"), retries
     assert len(pids) == 1
@@ -110,8 +108,10 @@ def test_lock_timeout_is_retried_until_lock_released(
     try:
         with log_trigger("Retry attempt 1/", release) as trigger:
             results = drive(
-                client.sql(QUERY).load(CONNECTION, table, stream=True), srv, lock_after_first
-            )
+                client.sql(LOGS_QUERY).load(CONNECTION, table, stream=True),
+                srv.chain,
+                on_result=lock_after_first,
+            ).results
     finally:
         locker.close()
 
@@ -120,7 +120,7 @@ def test_lock_timeout_is_retried_until_lock_released(
     assert len(retries) == 1, retries
     assert "lock timeout" in retries[0], retries
     assert_contiguous_loads(results, srv)
-    assert_equals_chain(postgres, table, srv)
+    assert_table_equals_chain(postgres, table, srv.chain)
 
 
 @pytest.fixture
@@ -154,8 +154,10 @@ def test_unreachable_postgres_behind_proxy_is_retried_until_back(
 
     with log_trigger("Retry attempt 3/", proxy.start) as trigger:
         results = drive(
-            client.sql(QUERY).load(CONNECTION, table, stream=True), srv, cut_after_first
-        )
+            client.sql(LOGS_QUERY).load(CONNECTION, table, stream=True),
+            srv.chain,
+            on_result=cut_after_first,
+        ).results
 
     assert outages and trigger.fired == 1
     assert proxy.running
@@ -169,7 +171,7 @@ def test_unreachable_postgres_behind_proxy_is_retried_until_back(
     assert "cannot connect" in retries[1], retries[1]
     assert proxy.accepted == 2, "expected one connection before the outage and one after"
     assert_contiguous_loads(results, srv)
-    assert_equals_chain(postgres, table, srv)
+    assert_table_equals_chain(postgres, table, srv.chain)
 
 
 @pytest.mark.parametrize(
@@ -199,10 +201,12 @@ def test_failure_in_the_middle_of_a_microbatch_rewrites_it_whole(
 
     try:
         results = drive(
-            client.sql(QUERY).load(CONNECTION, table, stream=True), srv, arm_after_first
-        )
+            client.sql(LOGS_QUERY).load(CONNECTION, table, stream=True),
+            srv.chain,
+            on_result=arm_after_first,
+        ).results
         assert trigger.fired(), "the trigger never fired: the fault was not injected"
-        assert_equals_chain(postgres, table, srv)
+        assert_table_equals_chain(postgres, table, srv.chain)
     finally:
         trigger.disarm()
 
@@ -235,9 +239,12 @@ def test_destination_retries_exhausted_keeps_only_complete_microbatches(
             loaded.append(result)
             proxy.stop()
 
-    results, error = collect(
-        client.sql(QUERY).load(CONNECTION, table, stream=True), srv, cut_after_first
+    driven, error = collect(
+        client.sql(LOGS_QUERY).load(CONNECTION, table, stream=True),
+        srv.chain,
+        on_result=cut_after_first,
     )
+    results = driven.results
 
     assert isinstance(error, FatalLoadError), error
     assert str(error).startswith(
@@ -270,9 +277,12 @@ def test_permanent_destination_error_mid_stream_stops_and_keeps_committed_rows(
         first.append(block)
         add_check_constraint(destination, client, CONNECTION, table, block["end"] + 20)
 
-    results, error = collect(
-        client.sql(QUERY).load(CONNECTION, table, stream=True), srv, constrain_after_first
+    driven, error = collect(
+        client.sql(LOGS_QUERY).load(CONNECTION, table, stream=True),
+        srv.chain,
+        on_result=constrain_after_first,
     )
+    results = driven.results
 
     assert isinstance(error, FatalLoadError), error
     assert [r.success for r in results] == [True, False], [r.metadata for r in results]

@@ -9,11 +9,8 @@ from typing import Any
 
 import pytest
 from faultkit import (
-    QUERY,
     Destination,
     assert_contiguous_loads,
-    assert_equals_chain,
-    drive,
     expect_fatal,
     fast_resilience,
     log_trigger,
@@ -22,6 +19,7 @@ from faultkit import (
 
 from amp.client import Client, LoadResult
 from amp.devserver import DevServer
+from kit import LOGS_QUERY, assert_table_equals_chain, drive
 
 CONNECTION = "dest"
 
@@ -54,8 +52,10 @@ def test_circuit_breaker_opens_rejects_probes_and_closes(
     )
     resilience["retry"]["initial_backoff_ms"] = 1  # backoffs well under the 50 ms timeout
     destination.configure(client, CONNECTION, resilience)
-    breaker = _loader(client).circuit_breaker
-    limiter = _loader(client).rate_limiter
+    # Server faults: the server edge's breaker and limiter, never the destination's.
+    breaker = client.server_edge(CONNECTION).breaker
+    limiter = client.server_edge(CONNECTION).rate_limiter(0)
+    destination_breaker = _loader(client).circuit_breaker
     seen_open: list[tuple[bool, int]] = []
     seen_closed: list[bool] = []
     srv.faults.fail_next(method, "UNAVAILABLE", times=3)
@@ -67,7 +67,9 @@ def test_circuit_breaker_opens_rejects_probes_and_closes(
         ),
         log_trigger("Circuit breaker CLOSED", lambda: seen_closed.append(breaker.is_open())),
     ):
-        results = drive(client.sql(QUERY).load(CONNECTION, table, stream=True), srv)
+        results = drive(
+            client.sql(LOGS_QUERY).load(CONNECTION, table, stream=True), srv.chain
+        ).results
 
     breaker_logs = [
         (r.levelname, r.getMessage()) for r in caplog.records if "Circuit breaker" in r.message
@@ -84,14 +86,16 @@ def test_circuit_breaker_opens_rejects_probes_and_closes(
     ], breaker_logs
     assert seen_open == [(True, 0)]  # the guide's monitoring calls, while it is open
     assert seen_closed == [False]
-    rejections = messages_of(caplog.records, "is OPEN after")
-    assert len(rejections) == 2 and all(m.startswith("Retry attempt") for m in rejections)
+    # A rejection is no attempt: it waits for the probe (and logs that), no "Retry attempt".
+    assert not messages_of(caplog.records, "is OPEN after")
+    assert len(messages_of(caplog.records, "for the open circuit breaker")) == 2
     assert breaker.rejected_calls == 2
+    assert destination_breaker.times_opened == 0  # a server outage is not the database's
     assert breaker.times_opened == 2
     assert not breaker.is_open()
     assert breaker.state.value == "CLOSED"
     assert_contiguous_loads(results, srv)
-    assert_equals_chain(destination, table, srv)
+    assert_table_equals_chain(destination, table, srv.chain)
 
 
 # -- 7. adaptive rate limiting ------------------------------------------------------------------
@@ -110,7 +114,7 @@ def test_rate_limits_raise_the_delay_and_successes_lower_it(
 ) -> None:
     table = destination.new_table()
     destination.configure(client, CONNECTION, fast_resilience(back_pressure={"max_delay_ms": 50}))
-    limiter = _loader(client).rate_limiter
+    limiter = client.server_edge(CONNECTION).rate_limiter(0)  # server faults: server edge
     assert limiter.get_current_delay() == 0
     at_backoff: list[int] = []
     after_microbatch: list[int] = []
@@ -122,7 +126,9 @@ def test_rate_limits_raise_the_delay_and_successes_lower_it(
     with log_trigger(
         "Backing off for", lambda: at_backoff.append(limiter.get_current_delay()), once=False
     ):
-        results = drive(client.sql(QUERY).load(CONNECTION, table, stream=True), srv, record)
+        results = drive(
+            client.sql(LOGS_QUERY).load(CONNECTION, table, stream=True), srv.chain, on_result=record
+        ).results
 
     assert len(at_backoff) == 2
     if not raises_delay:
@@ -134,7 +140,7 @@ def test_rate_limits_raise_the_delay_and_successes_lower_it(
         for before, after in itertools.pairwise(after_microbatch):
             assert after < before or after == before == 0, after_microbatch
     assert_contiguous_loads(results, srv)
-    assert_equals_chain(destination, table, srv)
+    assert_table_equals_chain(destination, table, srv.chain)
 
 
 # -- 8. resilience disabled -------------------------------------------------------------------
@@ -160,12 +166,12 @@ def test_disabled_resilience_stops_on_a_single_transient_fault(
 ) -> None:
     table = destination.new_table()
     destination.configure(client, CONNECTION, DISABLED)
-    breaker = _loader(client).circuit_breaker
-    limiter = _loader(client).rate_limiter
+    breaker = client.server_edge(CONNECTION).breaker
+    limiter = client.server_edge(CONNECTION).rate_limiter(0)
     srv.faults.fail_next(method, status, times=1)
 
     _, error = expect_fatal(
-        client.sql(QUERY).load(CONNECTION, table, stream=True),
+        client.sql(LOGS_QUERY).load(CONNECTION, table, stream=True),
         srv,
         "FATAL: Max retries (0) exceeded. Stopping client to prevent data loss. Last error: ",
     )

@@ -9,22 +9,19 @@ from collections.abc import Iterator
 
 import pytest
 from faultkit import (
-    QUERY,
     Destination,
     assert_contiguous_loads,
-    assert_equals_chain,
-    drive,
     expect_fatal,
     fast_resilience,
     log_trigger,
     messages_of,
     microbatch_message_layout,
     oracle_keys,
-    range_of,
 )
 
 from amp.client import Client, LoadResult
 from amp.devserver import DevServer
+from kit import LOGS_QUERY, assert_table_equals_chain, block_range, drive
 
 CONNECTION = "dest"
 
@@ -61,10 +58,10 @@ def test_transient_server_status_is_retried_and_load_equals_chain(
     destination.configure(client, CONNECTION, fast_resilience())
     srv.faults.fail_next(method, status, times=times)
 
-    results = drive(client.sql(QUERY).load(CONNECTION, table, stream=True), srv)
+    results = drive(client.sql(LOGS_QUERY).load(CONNECTION, table, stream=True), srv.chain).results
 
     assert_contiguous_loads(results, srv)
-    assert_equals_chain(destination, table, srv)
+    assert_table_equals_chain(destination, table, srv.chain)
     retries = messages_of(caplog.records, "for transient error:")
     assert retries, "the fault was not retried"
     assert retries[0].startswith("Retry attempt 1/5 for transient error:"), retries
@@ -84,11 +81,11 @@ def test_consecutive_get_flight_info_failures_count_up(
     destination.configure(client, CONNECTION, fast_resilience())
     srv.faults.fail_next("get_flight_info", "UNAVAILABLE", times=2)
 
-    drive(client.sql(QUERY).load(CONNECTION, table, stream=True), srv)
+    drive(client.sql(LOGS_QUERY).load(CONNECTION, table, stream=True), srv.chain)
 
     retries = messages_of(caplog.records, "for transient error:")
     assert [m.split(" for ")[0] for m in retries] == ["Retry attempt 1/5", "Retry attempt 2/5"]
-    assert_equals_chain(destination, table, srv)
+    assert_table_equals_chain(destination, table, srv.chain)
 
 
 # -- 2. a stream cut mid-microbatch ----------------------------------------------------------
@@ -159,7 +156,7 @@ def test_stream_cut_mid_microbatch_resumes_without_loss_or_duplicate(
     def check_committed(result: LoadResult) -> None:
         # After each microbatch the destination holds exactly the rows reported so far:
         # a partial microbatch that had been committed before a cut would show here.
-        block = range_of(result)
+        block = block_range(result)
         expected = len(oracle_keys(srv, block["start"], block["end"]))
         assert result.rows_loaded == expected, (block, result.rows_loaded, expected)
         total = sum(r.rows_loaded for r in results_so_far) + result.rows_loaded
@@ -168,8 +165,10 @@ def test_stream_cut_mid_microbatch_resumes_without_loss_or_duplicate(
 
     try:
         results = drive(
-            client.sql(QUERY).load(CONNECTION, table, stream=True), srv, check_committed
-        )
+            client.sql(LOGS_QUERY).load(CONNECTION, table, stream=True),
+            srv.chain,
+            on_result=check_committed,
+        ).results
     finally:
         client.close()
 
@@ -181,7 +180,7 @@ def test_stream_cut_mid_microbatch_resumes_without_loss_or_duplicate(
     assert all(m.startswith("Retry attempt ") for m in cut_retries)
     if len(cuts) > 1:
         assert len(set(landed)) == len(cuts), f"cuts must hit different points: {landed}"
-    assert_equals_chain(destination, table, srv)
+    assert_table_equals_chain(destination, table, srv.chain)
 
 
 # -- 3. permanent errors stop at once ---------------------------------------------------------
@@ -190,10 +189,10 @@ def test_stream_cut_mid_microbatch_resumes_without_loss_or_duplicate(
 @pytest.mark.parametrize(
     ("fault", "query", "status"),
     [
-        (("get_flight_info", "INVALID_ARGUMENT"), QUERY, "INVALID_ARGUMENT"),
-        (("get_flight_info", "UNAUTHENTICATED"), QUERY, "UNAUTHENTICATED"),
-        (("get_flight_info", "PERMISSION_DENIED"), QUERY, "PERMISSION_DENIED"),
-        (("do_get", "INVALID_ARGUMENT"), QUERY, "INVALID_ARGUMENT"),
+        (("get_flight_info", "INVALID_ARGUMENT"), LOGS_QUERY, "INVALID_ARGUMENT"),
+        (("get_flight_info", "UNAUTHENTICATED"), LOGS_QUERY, "UNAUTHENTICATED"),
+        (("get_flight_info", "PERMISSION_DENIED"), LOGS_QUERY, "PERMISSION_DENIED"),
+        (("do_get", "INVALID_ARGUMENT"), LOGS_QUERY, "INVALID_ARGUMENT"),
         (None, "SELECT count(*) FROM eth_firehose.logs", "INVALID_ARGUMENT"),
         (None, "SELECT * FROM eth_firehose.no_such_table", "NOT_FOUND"),
     ],
@@ -258,7 +257,7 @@ def test_retries_exhausted_is_fatal(
     srv.faults.fail_next(method, "UNAVAILABLE", times=10)
 
     _, error = expect_fatal(
-        client.sql(QUERY).load(CONNECTION, table, stream=True),
+        client.sql(LOGS_QUERY).load(CONNECTION, table, stream=True),
         srv,
         "FATAL: Max retries (3) exceeded. Stopping client to prevent data loss. Last error: ",
     )
@@ -284,7 +283,7 @@ def test_repeated_stream_cuts_without_progress_exhaust_retries(
     srv.faults.cut_stream_after(messages=2, times=10)
 
     expect_fatal(
-        client.sql(QUERY).load(CONNECTION, table, stream=True),
+        client.sql(LOGS_QUERY).load(CONNECTION, table, stream=True),
         srv,
         "FATAL: Max retries (3) exceeded.",
     )
@@ -316,13 +315,15 @@ def test_keepalives_in_a_slow_microbatch_then_a_cut_lose_nothing(
         table = destination.new_table()
         destination.configure(client, CONNECTION, fast_resilience())
         try:
-            results = drive(client.sql(QUERY).load(CONNECTION, table, stream=True), srv)
+            results = drive(
+                client.sql(LOGS_QUERY).load(CONNECTION, table, stream=True), srv.chain
+            ).results
         finally:
             client.close()
         ranges = assert_contiguous_loads(results, srv)
         assert len(ranges) == 3
         assert len(messages_of(caplog.records, "stream cut after 3 messages")) == 1
-        assert_equals_chain(destination, table, srv)
+        assert_table_equals_chain(destination, table, srv.chain)
 
 
 def test_reorg_while_the_stream_is_down_is_applied_on_resume(
@@ -343,19 +344,21 @@ def test_reorg_while_the_stream_is_down_is_applied_on_resume(
     old_reorged_rows = len(oracle_keys(srv, fork_at, first_end))  # before the reorg
 
     with log_trigger("Retry attempt 1/", lambda: srv.chain.reorg(depth)) as trigger:
-        results = drive(client.sql(QUERY).load(CONNECTION, table, stream=True), srv)
+        results = drive(
+            client.sql(LOGS_QUERY).load(CONNECTION, table, stream=True), srv.chain
+        ).results
 
     assert trigger.fired == 1
     operations = [r.metadata["operation"] for r in results]
     assert operations[:2] == ["load", "reorg"], operations
     reorg = results[1].metadata
     assert reorg["invalidated_range"]["start"] == fork_at, reorg
-    assert range_of(results[0])["end"] == first_end
+    assert block_range(results[0])["end"] == first_end
     assert reorg["rows_deleted"] == old_reorged_rows
-    loads = [range_of(r) for r in results[2:]]
+    loads = [block_range(r) for r in results[2:]]
     assert loads[0]["start"] == fork_at
     for previous, current in itertools.pairwise(loads):
         assert current["start"] == previous["end"] + 1
     assert loads[-1]["end"] == srv.chain.head
     assert set(oracle_keys(srv)) != old_keys, "the reorg changed nothing: test setup"
-    assert_equals_chain(destination, table, srv)
+    assert_table_equals_chain(destination, table, srv.chain)

@@ -9,7 +9,6 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from confluent_kafka import KafkaError, KafkaException
-from kafkakit import free_port, kafka_config, loader_config, start_tansu
 
 from amp.client import Client
 from amp.devserver import DevServer
@@ -18,6 +17,8 @@ from amp.loaders.base import LoadMode
 from amp.loaders.kafka import KafkaLoader
 from amp.streaming.classify import ErrorClassifier
 from amp.streaming.types import BlockRange
+from kafkakit import kafka_config, loader_config, start_tansu
+from kit import free_port
 
 SERVERS = {"bootstrap_servers": "127.0.0.1:9"}
 

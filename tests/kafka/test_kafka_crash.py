@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from kafkakit import FAST_RESILIENCE, assert_topic_matches_chain, unique
 
 from amp.devserver import DevServer
 from crashkit import busy_chain_server, catch_up, crash_and_restart_amp_load
+from kafkakit import FAST_RESILIENCE, assert_topic_matches_chain
+from kit import unique
 
 CONNECTION = "crash"
 

@@ -10,28 +10,19 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from kafkakit import (
-    assert_topic_matches_chain,
-    connected,
-    drive,
-    kafka_config,
-    materialize,
-    read_topic,
-)
 
 from amp.devserver import DevServer
 from amp.loaders.base import LoadMode
 from amp.loaders.kafka import KafkaLoader
 from amp.streaming.types import BlockRange
+from kafkakit import assert_topic_matches_chain, kafka_config, materialize, read_topic
+from kit import Driven, load_to_head
 
-LOGS = "SELECT * FROM eth_firehose.logs"
 EXACTLY_ONCE = {"checkpoint": {"enabled": True}, "idempotency": {"enabled": True}}
 
 
-def run_once(server: DevServer, config: dict[str, Any], actions: list[Any] | None = None) -> Any:
-    with connected(server, config) as client:
-        run = client.sql(LOGS).load("k", "logs", stream=True)
-        return drive(run, server.chain, actions or [])
+def run_once(server: DevServer, config: dict[str, Any]) -> Driven:
+    return load_to_head(server, "k", "kafka", config, "logs")
 
 
 def test_resume_after_restart_and_after_a_reorg_while_stopped(

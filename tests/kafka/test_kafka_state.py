@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
-from kafkakit import kafka_config, read_topic
 
-from amp.loaders.kafka import KafkaLoader, KafkaStateStore
+from amp.loaders.kafka import KafkaLoader
+from amp.streaming.state_documents import DocumentStateStore
 from amp.streaming.types import BlockRange
+from kafkakit import kafka_config, read_topic
 
 CONN = "state"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -78,7 +79,9 @@ def test_checkpoints_staged_until_commit_and_archived(
     assert _loader(config).state_store("amp_").load_checkpoint(CONN, "t", 0) is None
 
 
-def _mark(store: KafkaStateStore, start: int, end: int, when: datetime, net: str = "eth") -> None:
+def _mark(
+    store: DocumentStateStore, start: int, end: int, when: datetime, net: str = "eth"
+) -> None:
     block_range = BlockRange(net, start, end, hash=f"0x{end:04x}")
     store.mark_processed(CONN, "t", block_range, when, "digest")
 

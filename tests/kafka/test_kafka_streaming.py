@@ -3,32 +3,21 @@ the topic (upsert by key, tombstone deletes) must equal the canonical chain exac
 
 from __future__ import annotations
 
-from kafkakit import (
-    assert_topic_matches_chain,
-    connected,
-    drive,
-    kafka_config,
-    materialize,
-    mine,
-    read_topic,
-    reorg,
-)
-
 from amp.devserver import DevServer
-
-LOGS = "SELECT * FROM eth_firehose.logs"
+from kafkakit import assert_topic_matches_chain, kafka_config, materialize, read_topic
+from kit import LOGS_QUERY, Mine, Reorg, connected, drive
 
 
 def test_stream_through_reorgs_of_depth_1(chain_server: DevServer, bootstrap: str) -> None:
     config = kafka_config(bootstrap)
-    actions = [mine(3), reorg(1), reorg(1, mine=2), mine(1), reorg(1)]
-    with connected(chain_server, config) as client:
-        run = client.sql(LOGS).load("k", "logs", stream=True)
+    actions = [Mine(3), Reorg(1), Reorg(1, mine=2), Mine(1), Reorg(1)]
+    with connected(chain_server, "k", "kafka", config) as client:
+        run = client.sql(LOGS_QUERY).load("k", "logs", stream=True)
         driven = drive(run, chain_server.chain, actions)
     reorgs = driven.of("reorg")
     assert len(reorgs) == 3
     # rows_deleted is the number of retractions: one per row the replaced block held
-    held = [driven.effects[i] for i in (1, 2, 4)]
+    held = [actions[i].rows_replaced for i in (1, 2, 4)]
     assert [r.metadata["rows_deleted"] for r in reorgs] == held
     view = assert_topic_matches_chain(bootstrap, config["topic"], chain_server.chain)
     for record in view.values():
@@ -42,16 +31,17 @@ def test_stream_through_reorgs_of_depth_1(chain_server: DevServer, bootstrap: st
 def test_reorg_deeper_than_a_microbatch(chain_server: DevServer, bootstrap: str) -> None:
     """Microbatches of 10 blocks, a reorg of 25: the retractions span three of them."""
     config = kafka_config(bootstrap)
-    with connected(chain_server, config) as client:
-        run = client.sql(LOGS).load("k", "logs", stream=True)
-        driven = drive(run, chain_server.chain, [reorg(25, mine=3)])
+    with connected(chain_server, "k", "kafka", config) as client:
+        run = client.sql(LOGS_QUERY).load("k", "logs", stream=True)
+        change = Reorg(25, mine=3)
+        driven = drive(run, chain_server.chain, [change])
     [reorg_result] = driven.of("reorg")
     invalidated = reorg_result.metadata["invalidated_range"]
     assert invalidated["start"] == chain_server.chain.head - 3 - 25 + 1
-    assert reorg_result.metadata["rows_deleted"] == driven.effects[0] > 0
+    assert reorg_result.metadata["rows_deleted"] == change.rows_replaced > 0
     records = read_topic(bootstrap, config["topic"])
     tombstones = [r for r in records if r.value is None]
-    assert len(tombstones) == driven.effects[0]
+    assert len(tombstones) == change.rows_replaced
     blocks = {int(r.headers["amp-block"]) for r in tombstones}
     old_head = invalidated["start"] + 25 - 1
     assert invalidated["start"] <= min(blocks) and max(blocks) <= old_head
@@ -63,9 +53,9 @@ def test_arrow_values_keyed_by_a_column(chain_server: DevServer, bootstrap: str)
     """value_format='arrow' (one Arrow IPC stream per message) and key_column='hash': a
     reorged block's old key is retracted, its replacement has a new key."""
     config = kafka_config(bootstrap, value_format="arrow", key_column="hash")
-    with connected(chain_server, config) as client:
+    with connected(chain_server, "k", "kafka", config) as client:
         run = client.sql("SELECT * FROM eth_firehose.blocks").load("k", "blocks", stream=True)
-        drive(run, chain_server.chain, [reorg(2, mine=1), reorg(12)])
+        drive(run, chain_server.chain, [Reorg(2, mine=1), Reorg(12)])
     assert_topic_matches_chain(
         bootstrap,
         config["topic"],
@@ -80,8 +70,8 @@ def test_destination_table_name_is_the_topic(chain_server: DevServer, bootstrap:
     config = kafka_config(bootstrap)
     del config["topic"]
     table = f"logs_{config['state_topic'][-10:]}"
-    with connected(chain_server, config) as client:
-        run = client.sql(LOGS).load("k", table, stream=True)
+    with connected(chain_server, "k", "kafka", config) as client:
+        run = client.sql(LOGS_QUERY).load("k", table, stream=True)
         drive(run, chain_server.chain)
     view = materialize(read_topic(bootstrap, table))
     assert len(view) == chain_server.chain.canonical_table("logs").num_rows
@@ -92,9 +82,9 @@ def test_batch_load_twice_keeps_each_row_once(chain_server: DevServer, bootstrap
     """A batch (non-streaming) load is one transaction; loading the same query again
     writes the same keys, so the kept table still has each row once."""
     config = kafka_config(bootstrap)
-    with connected(chain_server, config) as client:
+    with connected(chain_server, "k", "kafka", config) as client:
         for _ in range(2):
-            results = list(client.sql(LOGS).load("k", "logs"))
+            results = list(client.sql(LOGS_QUERY).load("k", "logs"))
             assert results[-1].metadata["operation"] == "commit"
     assert_topic_matches_chain(bootstrap, config["topic"], chain_server.chain)
 
@@ -113,6 +103,6 @@ def test_the_guides_kafka_sample_config(chain_server: DevServer, bootstrap: str)
             "cleanup_days": 7,  # Kafka retains 7 days
         },
     }
-    with connected(chain_server, config) as client:
-        drive(client.sql(LOGS).load("k", "logs", stream=True), chain_server.chain, [reorg(2)])
+    with connected(chain_server, "k", "kafka", config) as client:
+        drive(client.sql(LOGS_QUERY).load("k", "logs", stream=True), chain_server.chain, [Reorg(2)])
     assert_topic_matches_chain(bootstrap, topic, chain_server.chain)

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from redis_support import Names, connect_redis, delete_keys
+from redis_support import Names, delete_keys
+
+from kit import connect_redis
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ index with exactly one member per row.
 
 The child is ``redis_load_child.py`` (a Client with the 'redis' loader, checkpoints and
 idempotency) rather than ``amp load --to redis://…``, because it also picks the data
-structure, which a URL cannot.
+structure, which a URL cannot; the case of a query without a block column runs
+``amp load`` (the hash structure).
 """
 
 from __future__ import annotations
@@ -17,22 +18,18 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis_support import (
-    QUERY,
-    REDIS_DB,
-    REDIS_HOST,
-    REDIS_PORT,
-    Driven,
-    Names,
-    assert_exact,
-    block_range,
-    drive,
-    redis_config,
-)
+from redis_support import Names, assert_exact, hash_rows, redis_config
 
-from amp.client import Client
 from amp.devserver import DevServer
-from crashkit import crash_and_restart
+from crashkit import (
+    RANGE_QUERY,
+    assert_range_keyed_exactly_once,
+    catch_up,
+    crash_and_restart,
+    crash_and_restart_amp_load,
+    range_keyed_chain_server,
+)
+from kit import REDIS_DB, REDIS_HOST, REDIS_PORT, block_range
 
 KILLS = 20
 CHILD = Path(__file__).with_name("redis_load_child.py")
@@ -46,21 +43,6 @@ def crash_and_restart_load(server: DevServer, names: Names, structure: str, seed
         "--host", REDIS_HOST, "--port", str(REDIS_PORT), "--db", str(REDIS_DB),
     ]  # fmt: skip
     crash_and_restart(command, names.connection, seed, kills=KILLS, window=1.0)
-
-
-def catch_up(server: DevServer, names: Names, structure: str) -> Driven:
-    """With block production stopped, load in-process until the head is committed (one
-    more block is mined, so there is always a microbatch to reach it with)."""
-    server.stop_block_production()
-    server.chain.mine(1)
-    client = Client(server.url)
-    config = redis_config(structure, checkpoint=True, idempotency=True)
-    client.configure_connection(names.connection, "redis", config)
-    try:
-        run = client.sql(QUERY).load(names.connection, names.table, stream=True)
-        return drive(run, server.chain)
-    finally:
-        client.close()
 
 
 def checkpoint_end(client: redis.Redis, names: Names) -> int:
@@ -96,10 +78,38 @@ def test_redis_exactly_once_through_sigkills(
     # (so kills hit loads at the head, among reorgs), and the catch-up resumes after them.
     resumed_from = checkpoint_end(redis_client, names)
     assert resumed_from > initial_head, "the killed loads never reached the growing head"
-    driven = catch_up(busy_chain, names, structure)
+    config = redis_config(structure)
+    driven = catch_up(busy_chain, names.connection, "redis", config, names.table)
     first = driven.results[0]
     if first.metadata["operation"] != "reorg":
         assert block_range(first)["start"] == resumed_from + 1, "the catch-up started over"
     assert len(busy_chain.chain.reorgs) >= 5, "the run should have seen reorgs"
     assert_exact(redis_client, names.table, structure, busy_chain.chain)
     assert checkpoint_end(redis_client, names) == busy_chain.chain.head
+
+
+@pytest.mark.slow
+def test_redis_range_keyed_rows_exactly_once_through_sigkills(
+    redis_client: redis.Redis, names: Names
+) -> None:
+    """A query without a block column (``amp load``, hash structure): rows are indexed by
+    their microbatch's range end, and a reorg deletes whole microbatches through it."""
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+    with range_keyed_chain_server() as server:
+        lines = crash_and_restart_amp_load(
+            server, url, names.table, names.connection, seed=31, query=RANGE_QUERY
+        )
+        catch_up(server, names.connection, "redis", redis_config(), names.table, RANGE_QUERY)
+        stored = hash_rows(redis_client, names.table, block_field=b"_amp_block_end")
+        rows = [  # RANGE_COLUMNS, then the range
+            (
+                fields[b"tx_hash"],
+                int(fields[b"log_index"]),
+                fields[b"block_hash"],
+                fields[b"data"],
+                int(fields[b"_amp_block_start"]),
+                int(fields[b"_amp_block_end"]),
+            )
+            for fields in stored.values()
+        ]
+        assert_range_keyed_exactly_once(rows, server.chain, lines, f"redis {names.table}")

@@ -13,14 +13,8 @@ from typing import Any
 import pytest
 import redis
 from redis_support import (
-    QUERY,
-    Action,
-    Driven,
     Names,
-    Reorg,
     assert_exact,
-    block_range,
-    drive,
     redis_config,
     stored_rows,
 )
@@ -29,6 +23,7 @@ from amp.client import Client
 from amp.devserver import DevServer
 from amp.errors import FatalLoadError
 from amp.streaming.types import hex_hash
+from kit import LOGS_QUERY, Action, Driven, Reorg, block_range, load_to_head
 
 STRUCTURES = ("hash", "stream")
 SEED = 1  # block 0 without logs: these tests are about state, not about genesis rows
@@ -44,14 +39,8 @@ def run_once(
     actions: list[Action] | None = None,
 ) -> Driven:
     """One process lifetime: a fresh client streams until it caught up with the head."""
-    client = Client(server.url)
     config = redis_config(structure, checkpoint=checkpoint, idempotency=idempotency)
-    client.configure_connection(names.connection, "redis", config)
-    try:
-        run = client.sql(QUERY).load(names.connection, names.table, stream=True)
-        return drive(run, server.chain, actions or [])
-    finally:
-        client.close()
+    return load_to_head(server, names.connection, "redis", config, names.table, actions or [])
 
 
 def load_checkpoint(client: redis.Redis, names: Names) -> dict[str, Any]:
@@ -196,7 +185,7 @@ def test_failed_commit_leaves_no_checkpoint_behind(
         config = redis_config(structure, checkpoint=True)
         config["resilience"] = {"retry": {"enabled": False}}
         client.configure_connection(names.connection, "redis", config)
-        run = client.sql(QUERY).load(names.connection, names.table, stream=True)
+        run = client.sql(LOGS_QUERY).load(names.connection, names.table, stream=True)
         try:
             with pytest.raises(FatalLoadError, match="WRONGTYPE"):
                 for result in run:

@@ -10,24 +10,18 @@ from collections.abc import Callable
 import pytest
 import redis
 from redis_support import (
-    QUERY,
-    Action,
     CommandLog,
     Fields,
-    Mine,
     Names,
-    Reorg,
     assert_exact,
-    assert_reorgs_reported,
-    drive,
     index_members,
     redis_config,
     stored_rows,
 )
 
-from amp.client import Client
 from amp.devserver import DevServer
 from amp.devserver.chain import SimulatedChain
+from kit import Action, Mine, Reorg, assert_reorgs_reported, load_to_head
 
 STRUCTURES = ("hash", "stream")
 # Seed 1's block 0 has no logs; rows of block 0 have their own test below.
@@ -46,13 +40,8 @@ def load_through(
     server: DevServer, names: Names, structure: str, actions: list[Action]
 ) -> list[Reorg]:
     """Stream the logs into Redis, applying ``actions`` each time the load caught up."""
-    client = Client(server.url)
-    client.configure_connection(names.connection, "redis", redis_config(structure))
-    try:
-        run = client.sql(QUERY).load(names.connection, names.table, stream=True)
-        driven = drive(run, server.chain, actions)
-    finally:
-        client.close()
+    config = redis_config(structure)
+    driven = load_to_head(server, names.connection, "redis", config, names.table, actions)
     reorgs = [action for action in actions if isinstance(action, Reorg)]
     assert_reorgs_reported(driven, reorgs)
     return reorgs

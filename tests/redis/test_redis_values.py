@@ -13,13 +13,13 @@ from typing import Any
 import pyarrow as pa
 import pytest
 import redis
-from redis_support import REDIS_DB, Fields, Names, drive, hash_rows, redis_config, stored_rows
+from redis_support import Fields, Names, hash_rows, redis_config, stored_rows
 
-from amp.client import Client
 from amp.devserver import DevServer
 from amp.loaders import LoadMode
 from amp.loaders.redis import RedisLoader
 from amp.streaming.types import BlockRange
+from kit import connect_redis, load_to_head
 
 STRUCTURES = ("hash", "stream")
 # Rows keyed by these columns, per table.
@@ -55,15 +55,9 @@ def test_streamed_values_are_stored_as_documented(
 ) -> None:
     # From block 100: the genesis block has its own test (test_redis_streaming).
     with DevServer(port=0, seed=1, start_block=100, initial_blocks=40, max_interval=10) as srv:
-        client = Client(srv.url)
-        client.configure_connection(names.connection, "redis", redis_config(structure))
-        try:
-            run = client.sql(f"SELECT * FROM eth_firehose.{name}").load(
-                names.connection, names.table, stream=True
-            )
-            drive(run, srv.chain)
-        finally:
-            client.close()
+        query = f"SELECT * FROM eth_firehose.{name}"
+        config = redis_config(structure)
+        load_to_head(srv, names.connection, "redis", config, names.table, query=query)
         canonical = srv.chain.canonical_table(name)
     rows = canonical.to_pylist()
     # The data must hold the awkward values, or this test proves nothing.
@@ -94,7 +88,7 @@ def write_directly(names: Names, batch: pa.RecordBatch) -> list[Fields]:
         loader.commit()
     finally:
         loader.close()
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    client = connect_redis()
     try:
         rows = hash_rows(client, names.table)
     finally:

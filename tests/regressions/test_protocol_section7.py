@@ -5,7 +5,7 @@ Each test loads from the dev server into DuckDB and checks the outcome the defec
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
@@ -15,10 +15,17 @@ import pytest
 from amp.client import Client
 from amp.devserver import DevServer
 from amp.errors import FatalLoadError
-from amp.streaming.pipeline import LoadResult
 from amp.streaming.resilience import ErrorClassifier
-
-QUERY = "SELECT * FROM eth_firehose.logs"
+from kit import (
+    LOGS_QUERY,
+    Action,
+    Driven,
+    Reorg,
+    SqlDestination,
+    assert_table_equals_chain,
+    drive,
+    operation,
+)
 
 
 def _client(server: DevServer, database: Path, **extra: object) -> Client:
@@ -26,32 +33,20 @@ def _client(server: DevServer, database: Path, **extra: object) -> Client:
     config: dict[str, object] = {
         "database": str(database),
         "resilience": {"retry": {"initial_backoff_ms": 1, "max_backoff_ms": 5}},
+        "commit_grouping": {"enabled": False},
         **extra,
     }
     client.configure_connection("regression", "duckdb", config)
     return client
 
 
-def _until_head(server: DevServer, client: Client) -> Iterator[LoadResult]:
-    run = client.sql(QUERY).load("regression", "logs", stream=True)
-    try:
-        for result in run:
-            yield result
-            ranges = result.metadata.get("block_ranges") or []
-            if ranges and ranges[-1]["end"] == server.chain.head:
-                return
-    finally:
-        run.close()
+def _until_head(server: DevServer, client: Client, actions: Sequence[Action] = ()) -> Driven:
+    run = client.sql(LOGS_QUERY).load("regression", "logs", stream=True)
+    return drive(run, server.chain, actions)
 
 
 def _assert_equals_chain(server: DevServer, database: Path) -> None:
-    canonical = server.chain.canonical_table("logs")
-    expected = sorted(
-        zip(canonical["block_num"].to_pylist(), canonical["log_index"].to_pylist(), strict=True)
-    )
-    with duckdb.connect(str(database), read_only=True) as conn:
-        rows = conn.execute("SELECT block_num, log_index FROM logs").fetchall()
-    assert sorted(rows) == expected
+    assert_table_equals_chain(SqlDestination("duckdb", duckdb_path=database), "logs", server.chain)
 
 
 def test_resume_sends_the_checkpoint_so_the_stream_continues_after_it(tmp_path: Path) -> None:
@@ -59,11 +54,11 @@ def test_resume_sends_the_checkpoint_so_the_stream_continues_after_it(tmp_path: 
     database = tmp_path / "r.duckdb"
     with DevServer(port=0, initial_blocks=120, max_interval=50) as server:
         client = _client(server, database, checkpoint={"enabled": True})
-        last = list(_until_head(server, client))[-1]
+        last = _until_head(server, client).results[-1]
         client.close()
         server.chain.mine(3)
         client = _client(server, database, checkpoint={"enabled": True})
-        first = next(iter(_until_head(server, client)))
+        first = _until_head(server, client).results[0]
         client.close()
         assert (
             first.metadata["block_ranges"][0]["start"]
@@ -77,7 +72,7 @@ def test_every_message_of_a_microbatch_with_a_repeated_range_is_kept(tmp_path: P
     database = tmp_path / "r.duckdb"
     with DevServer(port=0, initial_blocks=200, max_interval=100, rows_per_message=50) as server:
         client = _client(server, database)
-        results = list(_until_head(server, client))
+        results = _until_head(server, client).results
         client.close()
         assert all(r.rows_loaded > 50 for r in results)  # many messages per microbatch
         _assert_equals_chain(server, database)
@@ -88,25 +83,16 @@ def test_the_microbatch_after_a_reorg_is_loaded(tmp_path: Path) -> None:
     database = tmp_path / "r.duckdb"
     with DevServer(port=0, initial_blocks=100, max_interval=10) as server:
         client = _client(server, database)
-        run = client.sql(QUERY).load("regression", "logs", stream=True)
-        operations = []
-        for result in run:
-            operations.append(result.metadata["operation"])
-            end = (result.metadata.get("block_ranges") or [{"end": -1}])[-1]["end"]
-            if end == server.chain.head and "reorg" not in operations:
-                server.chain.reorg(3)
-                server.chain.mine(2)
-            elif end == server.chain.head:
-                break
-        run.close()
+        driven = _until_head(server, client, [Reorg(3, mine=2)])
         client.close()
+        operations = [operation(result) for result in driven.results]
         assert operations[operations.index("reorg") + 1] == "load"
         _assert_equals_chain(server, database)
 
 
 @pytest.mark.parametrize(
     "query",
-    [QUERY, f"{QUERY} SETTINGS stream = true", f"{QUERY} -- trailing comment"],
+    [LOGS_QUERY, f"{LOGS_QUERY} SETTINGS stream = true", f"{LOGS_QUERY} -- trailing comment"],
 )
 def test_settings_stream_is_never_added_twice(query: str) -> None:
     """§7: it appended SETTINGS stream = true even when the query already had it."""
@@ -132,7 +118,7 @@ def test_a_dropped_stream_is_reconnected_and_resumed(tmp_path: Path) -> None:
     with DevServer(port=0, initial_blocks=300, max_interval=100, rows_per_message=200) as server:
         server.faults.cut_stream_after(messages=4, times=2)
         client = _client(server, database)
-        list(_until_head(server, client))
+        _until_head(server, client)
         client.close()
         _assert_equals_chain(server, database)
 
@@ -152,8 +138,9 @@ def test_the_circuit_breaker_exists_and_the_idempotency_mode_key_works(tmp_path:
             },
         )
         with pytest.raises(FatalLoadError):
-            list(_until_head(server, client))
-        assert client._get_loader("regression").circuit_breaker.is_open()
+            _until_head(server, client)
+        assert client.server_edge("regression").breaker.is_open()  # the server's edge
+        assert not client._get_loader("regression").circuit_breaker.is_open()
         client.close()
 
 
@@ -163,11 +150,11 @@ def test_processed_ranges_carry_the_end_hash_and_commit_with_the_rows(tmp_path: 
     database = tmp_path / "r.duckdb"
     with DevServer(port=0, initial_blocks=30, max_interval=10) as server:
         client = _client(server, database, idempotency={"enabled": True})
-        list(_until_head(server, client))
+        _until_head(server, client)
         client.close()
         server.chain.reorg(5)  # same numbers 25..29, new hashes
         client = _client(server, database, idempotency={"enabled": True})
-        operations = [r.metadata["operation"] for r in _until_head(server, client)]
+        operations = [operation(r) for r in _until_head(server, client).results]
         client.close()
         assert "load" in operations  # the reorged range was loaded, not skipped
         _assert_equals_chain(server, database)

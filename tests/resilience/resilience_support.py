@@ -28,6 +28,11 @@ class FakeClock:
             self.sleeps.append(seconds)
             self._now += seconds
 
+    def wait(self, seconds: float, stop: threading.Event) -> None:
+        """A stop set before the wait ends it at once; otherwise the whole wait passes."""
+        if not stop.is_set():
+            self.sleep(seconds)
+
     def advance(self, seconds: float) -> None:
         """Let time pass without it counting as a sleep of the code under test."""
         with self._lock:

@@ -27,8 +27,7 @@ from amp.errors import (
 from amp.flight.transport import grpc_status_of, map_flight_errors
 from amp.streaming.classify import ErrorClassifier, ErrorKind
 from amp.streaming.resilience import ErrorClassifier as ExportedClassifier
-
-PG_CONNINFO = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+from kit import PG_DSN, require_postgres
 
 
 def transient(failure: BaseException | str) -> bool:
@@ -142,11 +141,8 @@ def test_server_error_status_wins_over_its_words() -> None:
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[psycopg.Connection]:
-    try:
-        conn = psycopg.connect(PG_CONNINFO, autocommit=True, connect_timeout=5)
-    except psycopg.Error as exc:
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc}", pytrace=False)
-    with conn:
+    require_postgres()
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
         yield conn
 
 

@@ -68,6 +68,19 @@ class _BlockProducer(threading.Thread):
                 )
 
 
+def _ping_policy(strict: bool) -> list[tuple[str, int]]:
+    """gRPC server options for keepalive pings from clients.
+
+    Why lenient by default: amp's Client pings (gRPC keepalive) to notice a dead
+    connection while a stream quietly waits for blocks, and amp assumes the Amp server
+    answers pings at any rate (docs/architecture.md, "Dead peers"); a gRPC server's own
+    default answers the third ping without data within 5 minutes with GOAWAY
+    ``too_many_pings``. ``strict`` keeps that default, to try a client against it."""
+    if strict:
+        return []
+    return [("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_ping_strikes", 0)]
+
+
 class DevServer:
     """A running dev server; use as a context manager or call ``start()``/``stop()``."""
 
@@ -90,6 +103,7 @@ class DevServer:
         keepalive_interval: float = 30.0,
         mean_txs_per_block: int = 10,
         max_concurrent_calls: int = 64,
+        strict_pings: bool = False,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535 (0 picks a free port), got {port}")
@@ -111,6 +125,7 @@ class DevServer:
         self.reorg_every = reorg_every
         self.reorg_depth = reorg_depth
         self.max_concurrent_calls = max_concurrent_calls
+        self.strict_pings = strict_pings
         self.chain = SimulatedChain(
             seed=seed,
             network=network,
@@ -143,7 +158,7 @@ class DevServer:
             futures.ThreadPoolExecutor(
                 max_workers=self.max_concurrent_calls, thread_name_prefix="amp-dev-rpc"
             ),
-            options=[("grpc.so_reuseport", 0)],
+            options=[("grpc.so_reuseport", 0), *_ping_policy(self.strict_pings)],
         )
         server.add_generic_rpc_handlers([service.handler()])
         try:

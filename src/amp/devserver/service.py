@@ -19,7 +19,7 @@ import grpc
 import pyarrow as pa
 
 from amp.devserver.chain import RangeSnapshot, SimulatedChain
-from amp.devserver.faults import Faults
+from amp.devserver.faults import ColumnChange, Faults, StreamFaults
 from amp.devserver.sql import PlannedQuery, QueryEngine, QueryError
 from amp.flight import protowire
 from amp.streaming.types import BatchMetadata, BlockRange, hex_hash
@@ -121,6 +121,8 @@ class FlightService:
             context.abort(grpc.StatusCode.CANCELLED, "server shutting down")
         try:
             sql = protowire.decode_statement_query(protowire.decode_descriptor_command(request))
+        except protowire.UnsupportedCommand as exc:  # CommandGetTables & co., as Amp says
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except (protowire.WireError, UnicodeDecodeError) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request | Caused by: {exc}")
         try:
@@ -158,29 +160,39 @@ class FlightService:
                 planned = self.engine.plan(spec["sql"], spec["stream"])
             except QueryError as exc:
                 context.abort(grpc.StatusCode[exc.status], exc.message)
+            faults = self.faults.take_stream_faults()
             messages = (
-                self._stream(planned, spec.get("resume"), context)
+                self._stream(planned, spec.get("resume"), context, faults.columns)
                 if planned.streaming
-                else self._batch(planned)
+                else self._batch(planned, faults.columns)
             )
-            cut_after = self.faults.take_cut()
-            for count, message in enumerate(messages):
-                if cut_after is not None and count >= cut_after:
-                    context.abort(
-                        grpc.StatusCode.UNAVAILABLE,
-                        "connection reset by peer (injected: stream cut after "
-                        f"{cut_after} messages)",
-                    )
-                yield message
-            if cut_after is not None:
-                context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"connection reset by peer (injected: stream cut after {cut_after} messages)",
-                )
+            yield from self._with_faults(messages, faults, context)
         except _StreamClosed:
             return
         except _InternalError as exc:
             context.abort(grpc.StatusCode.INTERNAL, str(exc))
+
+    def _with_faults(
+        self, messages: Iterator[bytes], faults: StreamFaults, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        """``messages`` as one DoGet sends them, with that stream's faults applied."""
+        cut_after = faults.cut_after
+        cut_message = f"connection reset by peer (injected: stream cut after {cut_after} messages)"
+        try:
+            for count, message in enumerate(messages):
+                if cut_after is not None and count >= cut_after:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, cut_message)
+                if faults.end_after is not None and count >= faults.end_after:
+                    return  # a clean end: status OK, as on a server shutdown
+                if count == faults.foreign_at:
+                    message = _on_network(message, faults.foreign_network)
+                yield message
+        finally:
+            close = getattr(messages, "close", None)
+            if close is not None:
+                close()
+        if cut_after is not None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, cut_message)
 
     def _data_messages(self, batches: list[pa.RecordBatch], metadata: bytes) -> Iterator[bytes]:
         step = self.options.rows_per_message
@@ -196,7 +208,7 @@ class FlightService:
     def _schema_message(self, schema: pa.Schema) -> bytes:
         return protowire.encode_flight_data(_ipc(schema)[0])
 
-    def _batch(self, planned: PlannedQuery) -> Iterator[bytes]:
+    def _batch(self, planned: PlannedQuery, columns: ColumnChange | None) -> Iterator[bytes]:
         """A batch query over the canonical chain as it is now (protocol §2, batch).
 
         A query of projections and filters over one table runs piece by piece, each piece
@@ -219,11 +231,12 @@ class FlightService:
             )
         running = BatchMetadata(ranges, False).to_json_bytes()
         first_piece = next(pieces)  # errors before the schema message, as a real server
-        yield self._schema_message(planned.schema)
-        yield from self._data_messages(first_piece, running)
+        schema = columns.schema(planned.schema) if columns else planned.schema
+        yield self._schema_message(schema)
+        yield from self._data_messages(_changed(first_piece, columns), running)
         for piece in pieces:
-            yield from self._data_messages(piece, running)
-        yield self._empty_message(planned.schema, BatchMetadata(ranges, True).to_json_bytes())
+            yield from self._data_messages(_changed(piece, columns), running)
+        yield self._empty_message(schema, BatchMetadata(ranges, True).to_json_bytes())
 
     def _run(
         self, planned: PlannedQuery, tables: Callable[[str], pa.Table]
@@ -234,9 +247,14 @@ class FlightService:
             raise _internal(exc) from exc
 
     def _stream(
-        self, planned: PlannedQuery, resume_header: str | None, context: grpc.ServicerContext
+        self,
+        planned: PlannedQuery,
+        resume_header: str | None,
+        context: grpc.ServicerContext,
+        columns: ColumnChange | None,
     ) -> Iterator[bytes]:
         """An endless stream of microbatches (protocol §2-§4)."""
+        schema = columns.schema(planned.schema) if columns else planned.schema
         cursor = self._resume_cursor(resume_header, context)
         # The last range sent, as (end, hash); for a resume, the client's cursor.
         last: tuple[int, bytes] | None = cursor
@@ -244,20 +262,23 @@ class FlightService:
         while True:
             snapshot = self._next_range(last, context, restart_at_unknown=last is cursor)
             try:
-                batches = self.engine.execute(planned, snapshot.table)
+                batches = _changed(self.engine.execute(planned, snapshot.table), columns)
             except Exception as exc:
                 raise _internal(exc) from exc
             block_range = _block_range(snapshot)
             running = BatchMetadata((block_range,), False).to_json_bytes()
             if first_message:
-                yield self._schema_message(planned.schema)
+                yield self._schema_message(schema)
                 first_message = False
             for message in self._data_messages(batches, running):
-                yield from self._delay(planned.schema, running, context)
+                yield from self._delay(schema, running, context)
                 yield message
-            yield self._empty_message(
-                planned.schema, BatchMetadata((block_range,), True).to_json_bytes()
+            marker = self._empty_message(
+                schema, BatchMetadata((block_range,), True).to_json_bytes()
             )
+            yield marker
+            if self.faults.take_repeat_marker():
+                yield marker
             last = (snapshot.end, snapshot.hash)
 
     def _delay(
@@ -352,6 +373,24 @@ def _block_range(snapshot: RangeSnapshot) -> BlockRange:
         prev_hash=hex_hash(snapshot.prev_hash),
         timestamp=snapshot.timestamp,
     )
+
+
+def _changed(batches: list[pa.RecordBatch], columns: ColumnChange | None) -> list[pa.RecordBatch]:
+    return [columns.batch(batch) for batch in batches] if columns else batches
+
+
+def _on_network(message: bytes, network: str) -> bytes:
+    """``message`` with every range of its app_metadata moved to ``network``."""
+    fields = dict(protowire.iter_fields(message))
+    raw = fields.get(3)
+    if not isinstance(raw, bytes) or not raw:
+        return message
+    metadata = json.loads(raw)
+    for block_range in metadata.get("ranges", []):
+        block_range["network"] = network
+    header, body = fields[2], fields.get(1000, b"")
+    assert isinstance(header, bytes) and isinstance(body, bytes)
+    return protowire.encode_flight_data(header, body, json.dumps(metadata).encode())
 
 
 class _InternalError(Exception):

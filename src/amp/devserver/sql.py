@@ -15,7 +15,7 @@ import pyarrow as pa
 from datafusion import LogicalPlan, SessionConfig, SessionContext
 from datafusion.catalog import Schema
 
-from amp import sqltext
+from amp.devserver import settings_clause
 from amp.devserver.datagen import TABLE_SCHEMAS
 
 # Logical plan nodes a streaming (incremental) query may not contain, with the words a
@@ -56,7 +56,6 @@ class PlannedQuery:
     streaming: bool
     schema: pa.Schema
     tables: tuple[str, ...]
-    non_incremental: str | None
     row_local: bool = False  # each output row depends on one input row: chunks are exact
 
 
@@ -89,11 +88,13 @@ class QueryEngine:
 
     def plan(self, sql: str, force_streaming: bool | None = None) -> PlannedQuery:
         """Validate ``sql``; QueryError with the status the real server would send."""
-        body, settings = sqltext.split_settings(sql)
+        body, settings = settings_clause.split_settings(sql)
         streaming = (
-            sqltext.requests_streaming(settings) if force_streaming is None else force_streaming
+            settings_clause.requests_streaming(settings)
+            if force_streaming is None
+            else force_streaming
         )
-        if sqltext.has_settings(body):
+        if settings_clause.split_settings(body)[1]:
             raise QueryError(
                 "INVALID_ARGUMENT",
                 "invalid SQL query | Caused by: more than one SETTINGS clause; a query takes "
@@ -107,7 +108,7 @@ class QueryEngine:
             optimized = frame.optimized_logical_plan()
             schema = frame.schema()
         except Exception as exc:  # DataFusion raises plain exceptions: message is all we have
-            raise _planning_error(exc) from exc
+            raise _planning_error(exc, self.dataset) from exc
         displayed = _DISPLAY_NODE.findall(plan.display_indent())
         violation = next(
             (
@@ -142,7 +143,7 @@ class QueryEngine:
         # union of the results of its pieces, so a batch can run piece by piece.
         row_local = len(displayed) > 0 and all(name in _ROW_LOCAL for name, _ in displayed)
         row_local = row_local and sum(name == "TableScan" for name, _ in displayed) == 1
-        return PlannedQuery(body, streaming, schema, tables, violation, row_local)
+        return PlannedQuery(body, streaming, schema, tables, row_local)
 
     def execute(
         self, query: PlannedQuery, tables: Callable[[str], pa.Table]
@@ -164,8 +165,11 @@ class QueryEngine:
         return result
 
 
-def _planning_error(exc: Exception) -> QueryError:
+def _planning_error(exc: Exception, dataset: str) -> QueryError:
     text = str(exc)
     if "not found" in text and "table" in text.lower():
-        return QueryError("NOT_FOUND", f"table not found | Caused by: {text}")
+        tables = ", ".join(f"{dataset}.{name}" for name in sorted(TABLE_SCHEMAS))
+        return QueryError(
+            "NOT_FOUND", f"table not found | Caused by: {text} -> tables are: {tables}"
+        )
     return QueryError("INVALID_ARGUMENT", f"invalid SQL query | Caused by: {text}")

@@ -27,6 +27,19 @@ class WireError(ValueError):
     """A message could not be decoded: the bytes do not follow the protobuf wire format."""
 
 
+class UnsupportedCommand(WireError):
+    """A well-formed ``Any`` command other than CommandStatementQuery (``type_url`` names it).
+
+    Why its own type: a real Amp server answers such a command, e.g. Flight SQL's
+    ``CommandGetTables``, with INVALID_ARGUMENT ``unsupported flight descriptor command:
+    <type URL>``, and the dev server says the same.
+    """
+
+    def __init__(self, type_url: str) -> None:
+        super().__init__(f"unsupported flight descriptor command: {type_url}")
+        self.type_url = type_url
+
+
 def encode_varint(value: int) -> bytes:
     """Encode an int as a protobuf varint; negatives use 64-bit two's complement."""
     if value < 0:
@@ -114,10 +127,7 @@ def decode_statement_query(command: bytes) -> str:
         elif field == 2 and isinstance(content, bytes):
             value = content
     if type_url.decode("utf-8", "replace") != COMMAND_STATEMENT_QUERY_TYPE_URL:
-        raise WireError(
-            "expected a Flight SQL CommandStatementQuery packed in google.protobuf.Any, "
-            f"got type URL {type_url.decode('utf-8', 'replace')!r}"
-        )
+        raise UnsupportedCommand(type_url.decode("utf-8", "replace"))
     for field, content in iter_fields(value):
         if field == 1 and isinstance(content, bytes):
             return content.decode("utf-8")
@@ -167,7 +177,7 @@ def encode_flight_data(
     header: bytes, body: bytes | memoryview = b"", app_metadata: bytes = b""
 ) -> bytes:
     """FlightData: the IPC message header (flatbuffer), app_metadata and the IPC body."""
-    parts = [encode_bytes_field(2, header)]
+    parts: list[bytes | memoryview] = [encode_bytes_field(2, header)]
     if app_metadata:
         parts.append(encode_bytes_field(3, app_metadata))
     if len(body):

@@ -20,8 +20,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from amp.config import timeout_seconds
+from amp.deadpeer import DEFAULT_DEAD_PEER_TIMEOUT
 from amp.errors import ConfigError, ServerError
 from amp.flight.protowire import encode_statement_query
+from amp.redact import redact_url, redact_value
+from amp.sqltext import unqualified_tables
 
 _QUEUE_DEPTH = 8
 _POLL_SECONDS = 0.2
@@ -73,8 +77,13 @@ def _server_message(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def map_flight_errors(url: str, action: str) -> Iterator[None]:
-    """Re-raise pyarrow Flight errors as ServerError with the gRPC status (``from`` it)."""
+def map_flight_errors(url: str, action: str, sql: str | None = None) -> Iterator[None]:
+    """Re-raise pyarrow Flight errors as ServerError with the gRPC status (``from`` it).
+
+    ``url`` is shown without userinfo; with ``sql``, a table-not-found error (NOT_FOUND,
+    or INTERNAL as the real server says at planning) on a query naming a table without
+    its dataset says that tables are ``<dataset>.<table>``."""
+    url = redact_url(url)
     try:
         yield
     except ServerError:
@@ -87,7 +96,46 @@ def map_flight_errors(url: str, action: str) -> Iterator[None]:
             message += "that the server is running"
         elif status == "UNAVAILABLE":
             message = f"the connection to {url} dropped ({message})"
+            if "too many pings" in message.lower():  # only a hint: the status decides
+                message += (
+                    "; the server refuses gRPC keepalive pings this often: pass "
+                    "Client(dead_peer_timeout=None), or at least twice its smallest ping "
+                    "interval (600 for a gRPC server's default of 5 minutes)"
+                )
+        elif status in ("NOT_FOUND", "INTERNAL") and sql is not None:
+            unqualified = unqualified_tables(sql)
+            if unqualified:
+                message += (
+                    f"; the query names {', '.join(unqualified)} without a dataset: tables "
+                    "are named <dataset>.<table>, e.g. eth_firehose.blocks"
+                )
         raise ServerError(f"{action} failed with {status}: {message}", status) from exc
+
+
+def keepalive_options(dead_peer_timeout: float | None) -> list[tuple[str, int]]:
+    """gRPC channel options that end a call on a silent server within about
+    ``dead_peer_timeout`` seconds (None: no pings).
+
+    Why pings: a streaming query rightly sends nothing while it waits for blocks
+    (protocol §2), so silence alone proves nothing; an HTTP/2 PING every half of the
+    bound, unanswered for the other half, closes the connection and the call ends with
+    UNAVAILABLE, which is retried with ``amp-resume``. Pings go on while a call is open
+    even when no data flows (gRPC otherwise stops after two), so a long wait at the
+    chain head is watched too; none are sent while no call is open. The server must
+    answer them and not count them as abuse: the protocol does not say so, see
+    "Dead peers" in docs/architecture.md.
+    """
+    if dead_peer_timeout is None:
+        return []
+    half_ms = max(1, round(dead_peer_timeout * 500))
+    return [
+        ("grpc.keepalive_time_ms", half_ms),
+        ("grpc.keepalive_timeout_ms", half_ms),
+        # The gRPC in pyarrow times an unanswered ping (keepalive's too) by this one,
+        # 60 s by default, whatever keepalive_timeout_ms says.
+        ("grpc.http2.ping_timeout_ms", half_ms),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,35 +219,58 @@ class MessageStream:
                 raise item
             yield item
 
+    def ready(self) -> bool:
+        """Whether a message (or the end) is already waiting to be consumed."""
+        return not self._queue.empty()
+
     def close(self) -> None:
         """Cancel the call and stop the reader thread; safe to call twice."""
         if self._closed.is_set():
             return
         self._closed.set()
-        if self._reader is not None:
-            with contextlib.suppress(Exception):
-                self._reader.cancel()
+        reader = self._reader
+        if reader is None:
+            # DoGet has not returned: a streaming query sends nothing before its first
+            # microbatch, which at the chain head may take long, and a call cannot be
+            # cancelled before it returns. The thread cancels it as soon as it does;
+            # waiting for that here would hold up a stop() for as long.
+            return
+        with contextlib.suppress(Exception):
+            reader.cancel()
         self._thread.join(timeout=5)
 
 
 class FlightTransport:
-    """A connection to one Amp server (``grpc://`` or ``grpc+tls://``)."""
+    """A connection to one Amp server (``grpc://`` or ``grpc+tls://``).
 
-    def __init__(self, url: str, auth_token: str | None = None) -> None:
+    ``dead_peer_timeout`` (seconds, None for no keepalive pings) bounds how long a
+    silent, black-holed connection to the server goes unnoticed.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        auth_token: str | None = None,
+        dead_peer_timeout: float | None = DEFAULT_DEAD_PEER_TIMEOUT,
+    ) -> None:
         if not isinstance(url, str) or not url.startswith(
             ("grpc://", "grpc+tls://", "grpc+tcp://")
         ):
             raise ConfigError(
-                f"server URL must start with grpc:// or grpc+tls://, got {url!r} "
+                "server URL must start with grpc:// or grpc+tls://, got "
+                f"{redact_value('url', url)} "
                 "(for example 'grpc://localhost:1602')"
             )
         self.url = url
         token = auth_token if auth_token is not None else os.environ.get("AMP_AUTH_TOKEN")
         self._token = token or None
-        self._client = flight.connect(url)
+        if dead_peer_timeout is not None:
+            dead_peer_timeout = timeout_seconds("Client()", "dead_peer_timeout", dead_peer_timeout)
+        self.dead_peer_timeout = dead_peer_timeout
+        self._client = flight.connect(url, generic_options=keepalive_options(dead_peer_timeout))
 
     def __repr__(self) -> str:  # never shows the token
-        return f"FlightTransport({self.url!r}, auth={'yes' if self._token else 'no'})"
+        return f"FlightTransport({redact_url(self.url)!r}, auth={'yes' if self._token else 'no'})"
 
     def _headers(
         self, streaming: bool | None, resume: dict[str, Any] | None
@@ -226,11 +297,7 @@ class FlightTransport:
         ``timeout`` bounds GetFlightInfo only: a stream may rightly wait for blocks forever.
         """
         headers = self._headers(streaming, resume)
-        descriptor = flight.FlightDescriptor.for_command(encode_statement_query(sql))
-        with map_flight_errors(self.url, "GetFlightInfo"):
-            info = self._client.get_flight_info(
-                descriptor, flight.FlightCallOptions(headers=headers, timeout=timeout)
-            )
+        info = self._flight_info(sql, headers, timeout)
         if len(info.endpoints) != 1:
             raise ServerError(
                 f"expected exactly one endpoint in FlightInfo, got {len(info.endpoints)}",
@@ -239,6 +306,24 @@ class FlightTransport:
         ticket = info.endpoints[0].ticket
         options = flight.FlightCallOptions(headers=headers)
         return MessageStream(lambda: self._client.do_get(ticket, options), self.url, info.schema)
+
+    def schema(self, sql: str, *, timeout: float | None = 60.0) -> pa.Schema:
+        """The output schema of ``sql`` from ``GetFlightInfo`` alone (no ``DoGet``).
+
+        Why this is cheap on any server: an Amp server plans the query at
+        ``GetFlightInfo`` over a catalog of the tables it names and reads no data; the
+        query runs only when its ticket is redeemed, which this never does.
+        """
+        return self._flight_info(sql, self._headers(None, None), timeout).schema
+
+    def _flight_info(
+        self, sql: str, headers: list[tuple[bytes, bytes]], timeout: float | None
+    ) -> flight.FlightInfo:
+        descriptor = flight.FlightDescriptor.for_command(encode_statement_query(sql))
+        with map_flight_errors(self.url, "GetFlightInfo", sql):
+            return self._client.get_flight_info(
+                descriptor, flight.FlightCallOptions(headers=headers, timeout=timeout)
+            )
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

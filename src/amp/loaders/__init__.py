@@ -1,31 +1,34 @@
-"""Destinations amp loads into, found by name (``'postgresql'``, ``'duckdb'``, ...)."""
+"""Destinations amp loads into, found by name (``'postgresql'``, ``'duckdb'``, ...).
+
+Your own destination: subclass ``amp.loaders.base.DataLoader`` and register it with
+``register_loader('name')`` (docs/loaders.md).
+"""
 
 from __future__ import annotations
 
-from amp.config import suggest
-from amp.errors import ConfigError
-from amp.loaders.base import Loader, LoadMode
+from typing import Any
+
+from amp.loaders.base import DataLoader, LoadMode
 from amp.loaders.duckdb import DuckDBLoader
 from amp.loaders.kafka import KafkaLoader
 from amp.loaders.postgresql import PostgreSQLLoader
 from amp.loaders.redis import RedisLoader
+from amp.loaders.registry import LOADERS, loader_class, register_built_in, register_loader
 
-__all__ = ["LOADERS", "LoadMode", "Loader", "loader_class"]
+__all__ = [
+    "LOADERS",
+    "DataLoader",
+    "LoadMode",
+    "describe_destination",
+    "loader_class",
+    "register_loader",
+]
 
-LOADERS: dict[str, type[Loader]] = {
-    PostgreSQLLoader.loader_type: PostgreSQLLoader,
-    DuckDBLoader.loader_type: DuckDBLoader,
-    RedisLoader.loader_type: RedisLoader,
-    KafkaLoader.loader_type: KafkaLoader,
-}
+for _built_in in (PostgreSQLLoader, DuckDBLoader, RedisLoader, KafkaLoader):
+    register_built_in(_built_in)
 
 
-def loader_class(name: str) -> type[Loader]:
-    """The loader registered as ``name``; ConfigError listing the known ones otherwise."""
-    try:
-        return LOADERS[name]
-    except (KeyError, TypeError):
-        raise ConfigError(
-            f"unknown loader {name!r}{suggest(str(name), LOADERS)}; "
-            f"available loaders: {', '.join(sorted(LOADERS))}"
-        ) from None
+def describe_destination(loader: DataLoader[Any], table: str) -> str:
+    """Where a load's rows go, for the line logged at its start: the destination with its
+    host, port and database (defaults resolved) and the table; never a password."""
+    return f"loading into {loader.describe()}, {loader.describe_table(table)}"

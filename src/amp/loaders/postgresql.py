@@ -11,140 +11,47 @@ store every text column as ``'bytea'`` (lossless).
 from __future__ import annotations
 
 import contextlib
+import getpass
+import hashlib
+import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import pgpq
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 from psycopg import sql
 
-from amp.config import typed
+from amp.config import port_number, timeout_seconds, typed
+from amp.deadpeer import DEAD_PEER_TIMEOUT_KEY, dead_peer_timeout
 from amp.errors import ConfigError, DestinationError
-from amp.loaders.base import Loader, LoadMode
-from amp.streaming.state_sql import POSTGRESQL, SqlStateStore
+from amp.loaders.base import DataLoader, LoadMode
+from amp.loaders.blocks import RANGE_END, RANGE_START
+from amp.loaders.ownership import Stream
+from amp.loaders.pg_deadline import DeadlineConnection, libpq_keepalive_params
+from amp.loaders.pg_stream_lock import CLAIM_WAIT_SECONDS, PgStreamLock
+from amp.loaders.pg_writer import _TableWriter
+from amp.streaming.classify import psycopg_sqlstate
+from amp.streaming.state import RowsDelete
+from amp.streaming.state_sql import (
+    PG_DDL_LOCK_KEY,
+    POSTGRESQL,
+    POSTGRESQL_MAX_IDENTIFIER_BYTES,
+    SqlStateStore,
+)
 from amp.streaming.types import BlockRange
 
 _TEXT_NUL_CHOICES = ("error", "strip", "bytea")
 
-# pgpq's Postgres type (class name) → the column type we declare.
-_PG_TYPES = {
-    "Bool": "BOOLEAN",
-    "Bytea": "BYTEA",
-    "Int8": "BIGINT",
-    "Int2": "SMALLINT",
-    "Int4": "INTEGER",
-    "Char": '"char"',
-    "Text": "TEXT",
-    "Jsonb": "JSONB",
-    "Float4": "REAL",
-    "Float8": "DOUBLE PRECISION",
-    "Date": "DATE",
-    "Time": "TIME",
-    "Timestamp": "TIMESTAMP",
-    "Interval": "INTERVAL",
-    "Numeric": "NUMERIC",
-}
 
-
-def _is_text(data_type: pa.DataType) -> bool:
-    return (
-        pa.types.is_string(data_type)
-        or pa.types.is_large_string(data_type)
-        or pa.types.is_string_view(data_type)
-    )
-
-
-class _TableWriter:
-    """Converts batches of one Arrow schema for COPY and knows the table's DDL."""
-
-    def __init__(self, schema: pa.Schema, text_nul: str) -> None:
-        self.source_schema = schema
-        self.text_nul = text_nul
-        fields = []
-        for field in schema:
-            data_type = field.type
-            if pa.types.is_timestamp(data_type) and data_type.unit == "ns":
-                data_type = pa.timestamp("us", tz=data_type.tz)
-            elif _is_text(data_type):
-                data_type = pa.binary() if text_nul == "bytea" else pa.string()
-            elif pa.types.is_large_binary(data_type) or pa.types.is_binary_view(data_type):
-                data_type = pa.binary()
-            fields.append(pa.field(field.name, data_type, field.nullable))
-        self.copy_schema = pa.schema(fields)
-        try:
-            self.encoder_schema = pgpq.ArrowToPostgresBinaryEncoder(self.copy_schema).schema()
-        except Exception as exc:  # pgpq raises ValueError with the unsupported type
-            raise ConfigError(f"cannot load this schema into PostgreSQL: {exc}") from exc
-
-    def column_types(self) -> list[tuple[str, str]]:
-        declared = []
-        for field, column in zip(self.copy_schema, self.encoder_schema.columns, strict=True):
-            data_type = field.type
-            pg_name = type(column.data_type).__name__
-            if pa.types.is_decimal(data_type):
-                pg_type = f"NUMERIC({data_type.precision},{data_type.scale})"
-            elif pa.types.is_uint64(data_type):
-                pg_type = "NUMERIC(20,0)"
-            elif pa.types.is_timestamp(data_type) and data_type.tz is not None:
-                pg_type = "TIMESTAMPTZ"
-            elif pg_name in _PG_TYPES:
-                pg_type = _PG_TYPES[pg_name]
-            else:
-                raise ConfigError(
-                    f"column {field.name!r} of Arrow type {data_type} has no PostgreSQL "
-                    "column type in amp; cast it in the query (for example to a string)"
-                )
-            declared.append((field.name, pg_type))
-        return declared
-
-    def convert(self, batch: pa.RecordBatch, table: str) -> pa.RecordBatch:
-        columns = []
-        for index, (source, target) in enumerate(
-            zip(self.source_schema, self.copy_schema, strict=True)
-        ):
-            column = batch.column(index)
-            if _is_text(source.type) and self.text_nul != "bytea":
-                column = self._text_column(column, source.name, table, batch)
-            if column.type != target.type:
-                try:
-                    column = column.cast(target.type)
-                except pa.ArrowInvalid as exc:
-                    raise DestinationError(
-                        f"column {source.name!r} of {table}: cannot convert {source.type} to "
-                        f"{target.type} for PostgreSQL without losing data: {exc}"
-                    ) from exc
-            columns.append(column)
-        return pa.RecordBatch.from_arrays(columns, schema=self.copy_schema)
-
-    def _text_column(
-        self, column: pa.Array, name: str, table: str, batch: pa.RecordBatch
-    ) -> pa.Array:
-        has_nul = pc.match_substring(column, "\x00")
-        if not pc.any(has_nul).as_py():
-            return column
-        if self.text_nul == "strip":
-            return pc.replace_substring(column, "\x00", "")
-        row = pc.index(has_nul, True).as_py()
-        where = ""
-        for block_name in ("_block_num", "block_num"):
-            if block_name in batch.schema.names:
-                where = f" (block {batch.column(block_name)[row].as_py()})"
-                break
-        raise DestinationError(
-            f"column {name!r} of {table} holds a NUL byte{where}, which PostgreSQL text "
-            "cannot store; set the connection's 'text_nul' to 'bytea' (lossless: text "
-            "columns become BYTEA) or 'strip' (removes NUL bytes), or cast the column in SQL"
-        )
-
-
-class PostgreSQLLoader(Loader):
+class PostgreSQLLoader(DataLoader[dict[str, Any]]):
     """Loads into PostgreSQL. Keys: host, port, database, user, password, dsn, schema,
-    sslmode, connect_timeout, application_name, text_nul."""
+    sslmode, connect_timeout, application_name, text_nul, dead_peer_timeout."""
 
     loader_type = "postgresql"
     transactional = True
+    finds_range_starts = True
     config_keys = frozenset(
         {
             "host",
@@ -158,6 +65,7 @@ class PostgreSQLLoader(Loader):
             "connect_timeout",
             "application_name",
             "text_nul",
+            DEAD_PEER_TIMEOUT_KEY,
         }
     )
 
@@ -168,9 +76,10 @@ class PostgreSQLLoader(Loader):
             if key in self.config:
                 typed(where, key, self.config[key], str)
         if "port" in self.config:
-            typed(where, "port", self.config["port"], int)
-        if "connect_timeout" in self.config:
-            typed(where, "connect_timeout", self.config["connect_timeout"], (int, float))
+            port_number(where, "port", self.config["port"])
+        if "dsn" in self.config:
+            _check_dsn(where, self.config["dsn"])
+        self.connect_timeout = _connect_timeout(where, self.config)
         self.text_nul = self.config.get("text_nul", "error")
         if self.text_nul not in _TEXT_NUL_CHOICES:
             raise ConfigError(
@@ -178,25 +87,36 @@ class PostgreSQLLoader(Loader):
                 f"got {self.text_nul!r}"
             )
         self.schema_name = self.config.get("schema", "public")
+        self.dead_peer_timeout = dead_peer_timeout(where, self.config)
         self._conn: psycopg.Connection[Any] | None = None
         self._writers: dict[str, _TableWriter] = {}
+        self._copy_statements: dict[str, sql.Composed] = {}
+        self._delete_statements: dict[tuple[str, str], str] = {}
         self._copy: Any = None
         self._copy_context: Any = None
         self._copy_table: str | None = None
+        self._stream_locks: dict[Stream, PgStreamLock] = {}
 
     def describe(self) -> str:
-        if "dsn" in self.config:
-            with contextlib.suppress(Exception):
-                info = psycopg.conninfo.conninfo_to_dict(self.config["dsn"])
-                user, host = info.get("user", ""), info.get("host", "localhost")
-                return (
-                    f"postgresql://{user}@{host}:{info.get('port', 5432)}/{info.get('dbname', '')}"
-                )
-            return "postgresql (dsn)"
-        return (
-            f"postgresql://{self.config.get('user', '')}@{self.config.get('host', 'localhost')}:"
-            f"{self.config.get('port', 5432)}/{self.config.get('database', '')}"
-        )
+        """``postgresql://host:port/database as user 'name'``, libpq's defaults resolved as the
+        connection will resolve them (a database not given is the user's name, which is
+        the OS user's without a user), and said so: a load into a database nobody named
+        must not go unnoticed."""
+        try:
+            params = self._connection_params()
+        except psycopg.ProgrammingError:
+            return "postgresql (unreadable dsn)"
+        user = params.get("user") or os.environ.get("PGUSER") or _os_user()
+        port = params.get("port") or os.environ.get("PGPORT") or 5432
+        database = params.get("dbname") or os.environ.get("PGDATABASE")
+        # The user is said apart from the URL: URL userinfo is redacted in every message.
+        where = f"postgresql://{params['host']}:{port}/{database or user} as user {user!r}"
+        if database is None:
+            where += " (no database given: libpq's default, the user name)"
+        return where
+
+    def describe_table(self, table: str) -> str:
+        return f"table {table if '.' in table else f'{self.schema_name}.{table}'}"
 
     # -- connection ----------------------------------------------------------------------
 
@@ -207,6 +127,26 @@ class PostgreSQLLoader(Loader):
     def connect(self) -> None:
         if self.connected:
             return
+        params = self._connection_params()
+        params["connect_timeout"] = self.connect_timeout
+        try:
+            conn = DeadlineConnection.connect(autocommit=False, **params)
+        except psycopg.OperationalError as exc:
+            # A server FATAL (no such role or database, bad password) carries a permanent
+            # SQLSTATE, so the load stops at once instead of retrying what cannot heal.
+            raise DestinationError(
+                f"cannot connect to {self.describe()}: {_first_line(exc)}; check host, port, "
+                "database, user and password, and that PostgreSQL is running",
+                psycopg_sqlstate(exc),
+            ) from exc
+        conn.dead_peer_timeout = self.dead_peer_timeout
+        self._conn = conn
+        self._reclaim_streams()
+
+    def _connection_params(self) -> dict[str, Any]:
+        """libpq parameters from the dsn and the separate keys (which win), with TCP
+        keepalive and ``tcp_user_timeout`` from ``dead_peer_timeout`` unless the dsn
+        sets its own."""
         params: dict[str, Any] = {}
         if "dsn" in self.config:
             params.update(psycopg.conninfo.conninfo_to_dict(self.config["dsn"]))
@@ -221,23 +161,53 @@ class PostgreSQLLoader(Loader):
         ):
             if key in self.config:
                 params[name] = self.config[key]
+        for name, value in libpq_keepalive_params(self.dead_peer_timeout).items():
+            params.setdefault(name, value)
         params.setdefault("host", "localhost")
         params.setdefault("application_name", "amp")
-        params["connect_timeout"] = int(self.config.get("connect_timeout", 10))
-        try:
-            self._conn = psycopg.connect(autocommit=False, **params)
-        except psycopg.OperationalError as exc:
-            raise DestinationError(
-                f"cannot connect to {self.describe()}: {_first_line(exc)}; check host, port, "
-                "database, user and password, and that PostgreSQL is running"
-            ) from exc
+        return params
 
     def close(self) -> None:
         self.rollback()
+        self.release_stream()
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
+
+    # -- one writer per stream --------------------------------------------------------
+
+    def claim_stream(self, table: str, worker_id: int) -> None:
+        """A session advisory lock on (schema, table, connection, worker); see
+        ``amp.loaders.pg_stream_lock``. Waits up to 10 s only for a crashed holder."""
+        schema_name, table_name = self._split(table)
+        stream = Stream(self.connection_name, f"{schema_name}.{table_name}", worker_id)
+        if stream in self._stream_locks:
+            return
+        lock = PgStreamLock(stream, schema_name, self.describe())
+        lock.acquire(self._connection(), CLAIM_WAIT_SECONDS)
+        self._stream_locks[stream] = lock
+
+    def release_stream(self) -> None:
+        locks, self._stream_locks = self._stream_locks, {}
+        for lock in locks.values():
+            lock.release(self._conn)
+
+    def _reclaim_streams(self) -> None:
+        """A new session holds none of the old one's locks: take them again before any
+        write, or stop (StreamOwnedError) when another load took one meanwhile."""
+        conn = self._conn
+        assert conn is not None
+        try:
+            for lock in self._stream_locks.values():
+                lock.acquire(conn, CLAIM_WAIT_SECONDS)
+        except BaseException:
+            # Never left connected without the lock: any further use reconnects and
+            # claims again.
+            with contextlib.suppress(Exception):
+                conn.close()
+            self._conn = None
+            raise
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -245,11 +215,19 @@ class PostgreSQLLoader(Loader):
         assert self._conn is not None
         return self._conn
 
-    def _identifier(self, table: str) -> sql.Composed:
+    def _split(self, table: str) -> tuple[str, str]:
+        """(schema, table) of a destination name, the connection's schema by default;
+        both checked against PostgreSQL's 63-byte limit before any statement uses them."""
         if "." in table:
             schema_name, table_name = table.split(".", 1)
         else:
             schema_name, table_name = self.schema_name, table
+        _check_name(f"schema of table {table!r}", schema_name)
+        _check_name("table", table_name)
+        return schema_name, table_name
+
+    def _identifier(self, table: str) -> sql.Composed:
+        schema_name, table_name = self._split(table)
         return sql.SQL(".").join([sql.Identifier(schema_name), sql.Identifier(table_name)])
 
     # -- tables --------------------------------------------------------------------------
@@ -257,6 +235,9 @@ class PostgreSQLLoader(Loader):
     def prepare_table(
         self, table: str, schema: pa.Schema, mode: LoadMode, block_column: str
     ) -> None:
+        schema_name, table_name = self._split(table)
+        for column in schema.names:
+            _check_name(f"column of table {table!r}", column)
         writer = _TableWriter(schema, self.text_nul)
         conn = self._connection()
         target = self._identifier(table)
@@ -264,33 +245,60 @@ class PostgreSQLLoader(Loader):
             sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(pg_type))
             for name, pg_type in writer.column_types()
         )
-        bare_name = table.rsplit(".", 1)[-1]
-        index_name = sql.Identifier(f"{bare_name}_{block_column}_idx"[:63])
+        index = _index_name(table_name, block_column)
         with conn.transaction(), conn.cursor() as cur:
+            # Workers in other processes (a Dask cluster's) may create the table at once.
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (PG_DDL_LOCK_KEY,))
             if mode is LoadMode.OVERWRITE:
                 cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
             cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(target, columns))
+            # CREATE INDEX IF NOT EXISTS takes its SHARE lock before it finds the index,
+            # so it would wait for every open write of the table (another worker's).
             cur.execute(
-                sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
-                    index_name, target, sql.Identifier(block_column)
-                )
+                "SELECT 1 FROM pg_indexes WHERE schemaname = %s AND indexname = %s",
+                (schema_name, index),
             )
+            if cur.fetchone() is None:
+                cur.execute(
+                    sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                        sql.Identifier(index), target, sql.Identifier(block_column)
+                    )
+                )
             self._check_columns(cur, table, writer)
         self._writers[table] = writer
+        self._copy_statements[table] = sql.SQL(
+            "COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)"
+        ).format(
+            target, sql.SQL(", ").join(sql.Identifier(name) for name in writer.copy_schema.names)
+        )
 
     def _check_columns(self, cur: psycopg.Cursor[Any], table: str, writer: _TableWriter) -> None:
-        schema_name, table_name = table.split(".", 1) if "." in table else (self.schema_name, table)
+        """The table holds every column the query returns, each of a type binary COPY can
+        fill: a table left by an earlier attempt under other settings (TEXT made before
+        ``text_nul='bytea'``) is named here, not deep inside a failed COPY."""
         cur.execute(
-            "SELECT column_name FROM information_schema.columns "
+            "SELECT column_name, data_type, udt_name FROM information_schema.columns "
             "WHERE table_schema = %s AND table_name = %s",
-            (schema_name, table_name),
+            self._split(table),
         )
-        existing = {row[0] for row in cur.fetchall()}
+        existing = {name: (data_type, udt) for name, data_type, udt in cur.fetchall()}
         missing = [name for name in writer.copy_schema.names if name not in existing]
         if missing:
             raise ConfigError(
                 f"table {table} exists without the column(s) {', '.join(missing)} that the "
                 "query returns; load with mode='overwrite', choose another table, or alter it"
+            )
+        wrong = [
+            f"{name!r} is {existing[name][0]} but this load writes {declared}"
+            for name, declared in writer.column_types()
+            if not _copy_compatible(existing[name][1], declared)
+        ]
+        if wrong:
+            raise ConfigError(
+                f"table {table} exists with other column types than this load writes "
+                f"(text_nul={self.text_nul!r}): column {'; column '.join(wrong)}. It was "
+                "probably created by an earlier attempt with other settings: drop the table, "
+                "load with mode='overwrite', or choose another table"
             )
 
     # -- transactions --------------------------------------------------------------------
@@ -318,10 +326,7 @@ class PostgreSQLLoader(Loader):
 
     def _start_copy(self, table: str, writer: _TableWriter) -> None:
         conn = self._connection()
-        statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(
-            self._identifier(table),
-            sql.SQL(", ").join(sql.Identifier(name) for name in writer.copy_schema.names),
-        )
+        statement = self._copy_statements[table]
         self._encoder = pgpq.ArrowToPostgresBinaryEncoder(writer.copy_schema)
         cursor = conn.cursor()
         try:
@@ -360,15 +365,51 @@ class PostgreSQLLoader(Loader):
 
     def delete_blocks(self, table: str, block_column: str, start: int, end: int) -> int:
         self._finish_copy()
-        statement = sql.SQL("DELETE FROM {} WHERE {} BETWEEN %s AND %s").format(
-            self._identifier(table), sql.Identifier(block_column)
-        )
         try:
             with self._connection().cursor() as cur:
-                cur.execute(statement, (start, end))
+                cur.execute(self._delete_statement(table, block_column), (start, end))
                 return cur.rowcount
         except psycopg.Error as exc:
             raise _destination_error(exc, f"deleting blocks {start}..{end} of {table}") from exc
+
+    def rows_delete(self, table: str, block_column: str, start: int, end: int) -> RowsDelete:
+        return RowsDelete(
+            lambda: self.delete_blocks(table, block_column, start, end),
+            self._delete_statement(table, block_column),
+            (start, end),
+        )
+
+    def _delete_statement(self, table: str, block_column: str) -> str:
+        """``DELETE ... WHERE block BETWEEN %s AND %s`` as text (a ``%`` in a name
+        doubled, as psycopg reads placeholders from the text)."""
+        key = (table, block_column)
+        statement = self._delete_statements.get(key)
+        if statement is None:
+            names = sql.SQL("DELETE FROM {} WHERE {} BETWEEN ").format(
+                self._identifier(table), sql.Identifier(block_column)
+            )
+            statement = names.as_string(self._connection()).replace("%", "%%") + "%s AND %s"
+            self._delete_statements[key] = statement
+        return statement
+
+    def has_rows_after(self, table: str, block_column: str, block: int) -> bool | None:
+        # max() is read from the end of the block index whatever the statistics say; an
+        # EXISTS (... > n) on a table without statistics yet was planned as a seq scan.
+        statement = sql.SQL("SELECT max({}) FROM {}").format(
+            sql.Identifier(block_column), self._identifier(table)
+        )
+        rows = self._statement(statement, (), f"looking for rows after block {block}")
+        return rows[0][0] is not None and rows[0][0] > block
+
+    def finish_writes(self) -> None:
+        self._finish_copy()
+
+    def first_range_start(self, table: str, block: int) -> int | None:
+        statement = sql.SQL("SELECT min({}) FROM {} WHERE {} >= %s").format(
+            sql.Identifier(RANGE_START), self._identifier(table), sql.Identifier(RANGE_END)
+        )
+        rows = self._statement(statement, (block,), f"finding microbatch boundaries of {table}")
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def commit(self) -> None:
         self._finish_copy()
@@ -397,13 +438,115 @@ class PostgreSQLLoader(Loader):
         return SqlStateStore(POSTGRESQL, self._execute_state, prefix)
 
     def _execute_state(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._statement(statement, params, "delivery state statement")
+
+    def _statement(
+        self, statement: str | sql.Composed, params: Sequence[Any], action: str
+    ) -> list[tuple[Any, ...]]:
+        """One statement in the open transaction (after the open COPY, if any)."""
         self._finish_copy()
         try:
             with self._connection().cursor() as cur:
                 cur.execute(statement, params)
                 return cur.fetchall() if cur.description is not None else []
         except psycopg.Error as exc:
-            raise _destination_error(exc, "delivery state statement") from exc
+            raise _destination_error(exc, action) from exc
+
+
+# The pg_type name (information_schema's udt_name) of each type we declare.
+_UDT_NAMES = {
+    "BOOLEAN": "bool",
+    "BYTEA": "bytea",
+    "BIGINT": "int8",
+    "SMALLINT": "int2",
+    "INTEGER": "int4",
+    '"char"': "char",
+    "TEXT": "text",
+    "JSONB": "jsonb",
+    "REAL": "float4",
+    "DOUBLE PRECISION": "float8",
+    "DATE": "date",
+    "TIME": "time",
+    "TIMESTAMP": "timestamp",
+    "TIMESTAMPTZ": "timestamptz",
+    "INTERVAL": "interval",
+}
+# Types sharing one binary COPY format: a column of any of them accepts the others' data.
+_SAME_BINARY_FORMAT = (
+    frozenset({"text", "varchar", "bpchar", "citext"}),
+    frozenset({"timestamp", "timestamptz"}),
+)
+
+
+def _copy_compatible(existing_udt: str, declared: str) -> bool:
+    """Whether binary COPY of a ``declared`` column fills an existing ``existing_udt``
+    column (a NUMERIC of any precision takes any NUMERIC)."""
+    wanted = "numeric" if declared.startswith("NUMERIC") else _UDT_NAMES.get(declared)
+    if wanted is None or existing_udt == wanted:
+        return True
+    return any(existing_udt in family and wanted in family for family in _SAME_BINARY_FORMAT)
+
+
+def _check_name(what: str, name: str) -> None:
+    """ConfigError for a name PostgreSQL would cut: it keeps 63 bytes and drops the rest
+    silently, so two long names would address one table (or column)."""
+    size = len(name.encode())
+    if size > POSTGRESQL_MAX_IDENTIFIER_BYTES:
+        raise ConfigError(
+            f"the {what} {name!r} is {size} bytes long; PostgreSQL keeps only "
+            f"{POSTGRESQL_MAX_IDENTIFIER_BYTES} bytes of a name and would silently cut it "
+            f"(two long names would then share one table): choose a name of at most "
+            f"{POSTGRESQL_MAX_IDENTIFIER_BYTES} bytes"
+        )
+
+
+def _index_name(table_name: str, block_column: str) -> str:
+    """``{table}_{column}_idx``, or when that is over 63 bytes, its head with a hash of
+    the whole name: cutting alone made two tables' index names collide, and ``CREATE
+    INDEX IF NOT EXISTS`` then skipped the second table's index without an error."""
+    name = f"{table_name}_{block_column}_idx"
+    encoded = name.encode()
+    if len(encoded) <= POSTGRESQL_MAX_IDENTIFIER_BYTES:
+        return name
+    suffix = f"_{hashlib.sha256(encoded).hexdigest()[:12]}_idx"
+    head = encoded[: POSTGRESQL_MAX_IDENTIFIER_BYTES - len(suffix)].decode(errors="ignore")
+    return head + suffix
+
+
+def _check_dsn(where: str, dsn: str) -> None:
+    """A DSN libpq can parse, with a valid port: checked now, not at the first connect."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        # libpq's own message may quote the DSN, password included: not repeated here.
+        raise ConfigError(
+            f"{where}['dsn'] is not a valid PostgreSQL connection string; write key=value "
+            "pairs ('host=db port=5432 dbname=x') or a postgresql://user@host:port/db URL"
+        ) from None
+    for port in str(params.get("port", "")).split(","):
+        if port.strip() and (not port.strip().isdigit() or not 1 <= int(port) <= 65535):
+            raise ConfigError(
+                f"{where}['dsn'] has port {port!r}; a TCP port is a number from 1 to 65535"
+            )
+
+
+def _connect_timeout(where: str, config: dict[str, Any]) -> int:
+    """Whole seconds for libpq: the ``connect_timeout`` key, else the dsn's own, else 10.
+
+    libpq counts whole seconds and reads 0 as "wait forever": a fraction is rounded up,
+    so 0.5 waits 1 s rather than hanging (``int(0.5)`` would be 0)."""
+    if "connect_timeout" in config or "dsn" not in config:
+        value = timeout_seconds(where, "connect_timeout", config.get("connect_timeout", 10))
+    else:
+        text = psycopg.conninfo.conninfo_to_dict(config["dsn"]).get("connect_timeout", "10")
+        try:
+            number = float(str(text))
+        except ValueError:
+            raise ConfigError(
+                f"{where}['dsn'] has connect_timeout={text!r}; it must be a number of seconds"
+            ) from None
+        value = timeout_seconds(f"{where}['dsn']", "connect_timeout", number)
+    return max(1, math.ceil(value))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -414,3 +557,11 @@ def _destination_error(exc: psycopg.Error, action: str) -> DestinationError:
     return DestinationError(
         f"PostgreSQL {action} failed: {_first_line(exc)}", getattr(exc, "sqlstate", None)
     )
+
+
+def _os_user() -> str:
+    """The user libpq connects as when none is given: the OS user."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "<unknown OS user>"

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import urllib.parse
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping
+from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,13 +32,36 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from amp.config import typed
+from amp.config import number_at_least, port_number, timeout_seconds, typed
+from amp.deadpeer import DEAD_PEER_TIMEOUT_KEY, dead_peer_timeout, keepalive_times
 from amp.errors import ConfigError, DestinationError
-from amp.loaders.base import Loader, LoadMode
-from amp.streaming.state import ProcessedRange
+from amp.loaders.base import DataLoader, LoadMode
+from amp.loaders.blocks import RANGE_START
+from amp.loaders.ownership import Stream
+from amp.loaders.redis_lease import RedisLease
+from amp.streaming.state_documents import (
+    CHECKPOINT,
+    CHECKPOINT_HISTORY,
+    DocKey,
+    Document,
+    DocumentStateStore,
+    checkpoint_key,
+    processed_key,
+)
 from amp.streaming.types import BlockRange
 
+if TYPE_CHECKING:
+    from redis.typing import ZSetRangeResponse
+
 _STRUCTURES = ("hash", "stream")
+_LEASE_SECONDS = (1.0, 3600.0)  # the range 'lease_seconds' accepts
+_DEAD_PEER_SECONDS = 10.0  # dead_peer_timeout's default here
+
+
+def _members(reply: ZSetRangeResponse) -> list[bytes | str]:
+    """The members of a ZRANGE* reply asked for without scores. redis-py types every
+    such reply as possibly scored (its signature does not depend on ``withscores``)."""
+    return cast("list[bytes | str]", reply)
 
 
 def _value(value: Any) -> bytes | str | int | float:
@@ -67,14 +92,37 @@ def _textual_times(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, names=names)
 
 
-class RedisLoader(Loader):
+def _check_url(where: str, url: str) -> None:
+    """A redis:// URL whose port parses: redis-py would only fail on it at connect."""
+    try:
+        urllib.parse.urlsplit(url).port  # noqa: B018 - parsing is the check
+    except ValueError:
+        raise ConfigError(
+            f"{where}['url'] has an invalid port; a TCP port is a number from 1 to 65535"
+        ) from None
+
+
+class RedisLoader(DataLoader[dict[str, Any]]):
     """Loads into Redis. Keys: host, port, db, password, username, url, data_structure
-    ('hash' or 'stream'), socket_timeout."""
+    ('hash' or 'stream'), socket_timeout, dead_peer_timeout, lease_seconds (the stream's
+    lease, default 30)."""
 
     loader_type = "redis"
     transactional = False
+    finds_range_starts = True
     config_keys = frozenset(
-        {"host", "port", "db", "password", "username", "url", "data_structure", "socket_timeout"}
+        {
+            "host",
+            "port",
+            "db",
+            "password",
+            "username",
+            "url",
+            "data_structure",
+            "socket_timeout",
+            DEAD_PEER_TIMEOUT_KEY,
+            "lease_seconds",
+        }
     )
 
     def __init__(self, config: dict[str, Any], connection_name: str = "") -> None:
@@ -83,9 +131,21 @@ class RedisLoader(Loader):
         for key in ("host", "password", "username", "url"):
             if key in self.config:
                 typed(where, key, self.config[key], str)
-        for key in ("port", "db"):
-            if key in self.config:
-                typed(where, key, self.config[key], int)
+        if "port" in self.config:
+            port_number(where, "port", self.config["port"])
+        if "db" in self.config:
+            typed(where, "db", self.config["db"], int)
+            number_at_least(where, "db", self.config["db"], 0)
+        if "url" in self.config:
+            _check_url(where, self.config["url"])
+        # Redis's bound defaults to 10 s (its commands are short), so a lease renewal
+        # stuck on a dead connection is retried well within lease_seconds.
+        self.dead_peer_timeout = dead_peer_timeout(where, self.config, _DEAD_PEER_SECONDS)
+        self.socket_timeout = (
+            timeout_seconds(where, "socket_timeout", self.config["socket_timeout"])
+            if "socket_timeout" in self.config
+            else self.dead_peer_timeout
+        )
         self.structure = self.config.get("data_structure", "hash")
         if self.structure not in _STRUCTURES:
             raise ConfigError(
@@ -94,10 +154,13 @@ class RedisLoader(Loader):
             )
         self._client: redis.Redis | None = None
         self._pipe: Any = None
-        self._state_pipe: Any = None
+        # State documents staged by the open transaction (None when none is open).
+        self._staged_documents: dict[DocKey, Document | None] | None = None
         self._block_columns: dict[str, str] = {}
         self._positions: dict[tuple[str, int, int], int] = {}
         self._stream_sequence: dict[int, int] = {}
+        self.lease_seconds = _lease_seconds(self.config)
+        self._leases: dict[Stream, RedisLease] = {}
 
     def describe(self) -> str:
         if "url" in self.config:
@@ -117,12 +180,12 @@ class RedisLoader(Loader):
     def connect(self) -> None:
         if self._client is not None:
             return
-        timeout = self.config.get("socket_timeout", 10)
         # RESP2, so a password for a server without one is refused (RESP3's HELLO accepts
         # it), and no retries of redis-py's own: amp's policy retries, visibly.
         options: dict[str, Any] = {"protocol": 2, "retry": Retry(NoBackoff(), 0)}
+        options.update(self._dead_peer_options())
         if "url" in self.config:
-            client = redis.Redis.from_url(self.config["url"], socket_timeout=timeout, **options)
+            client = redis.Redis.from_url(self.config["url"], **options)
         else:
             client = redis.Redis(
                 **options,
@@ -131,8 +194,6 @@ class RedisLoader(Loader):
                 db=self.config.get("db", 0),
                 username=self.config.get("username"),
                 password=self.config.get("password"),
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
             )
         try:
             client.ping()
@@ -141,15 +202,28 @@ class RedisLoader(Loader):
                 f"Redis at {self.describe()} refused the credentials: {exc}; check "
                 "'password' (and 'username')"
             ) from exc
-        except redis.exceptions.ConnectionError as exc:
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise DestinationError(
                 f"cannot connect to Redis at {self.describe()}: {exc}; check host and port, "
                 "and that Redis is running"
             ) from exc
         self._client = client
 
+    def _dead_peer_options(self) -> dict[str, Any]:
+        """Socket settings that end every wait on a silent Redis: a connect and reply
+        deadline (``socket_timeout``, else ``dead_peer_timeout``) and TCP keepalive plus
+        ``TCP_USER_TIMEOUT`` for a host that vanished. redis-py raises TimeoutError when
+        the deadline passes and drops that connection; the next command opens another."""
+        return {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_timeout,
+            "socket_keepalive": True,
+            "socket_keepalive_options": keepalive_times(self.dead_peer_timeout).socket_options(),
+        }
+
     def close(self) -> None:
         self.rollback()
+        self.release_stream()
         if self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.close()
@@ -161,6 +235,39 @@ class RedisLoader(Loader):
             self.connect()
         assert self._client is not None
         return self._client
+
+    # -- one writer per stream --------------------------------------------------------
+
+    def claim_stream(self, table: str, worker_id: int) -> None:
+        """A lease key renewed while the load runs; see ``amp.loaders.redis_lease``."""
+        stream = Stream(self.connection_name, table, worker_id)
+        if stream in self._leases:
+            return
+        lease = RedisLease(self.client, stream, self.describe(), self.lease_seconds)
+        lease.acquire()
+        self._leases[stream] = lease
+
+    def release_stream(self) -> None:
+        leases, self._leases = self._leases, {}
+        for lease in leases.values():
+            lease.release()
+
+    def _check_leases(self) -> None:
+        """Before a commit writes: StreamOwnedError if a lease was lost (the rows are not
+        written; the caller rolls back)."""
+        for lease in self._leases.values():
+            lease.check()
+
+    def check_parallel_writers(self) -> None:
+        """A stream's entry ids (``<block>-<n>``) must grow, so its blocks must arrive in
+        order; the workers of a parallel load write several block ranges at once."""
+        if self.structure == "stream":
+            raise ConfigError(
+                "a parallel load cannot write to a Redis stream (data_structure='stream'): "
+                "its entry ids <block>-<n> must grow, and parallel workers write several "
+                "block ranges at once. Use data_structure='hash', or load without "
+                "parallel_config"
+            )
 
     # -- tables --------------------------------------------------------------------------
 
@@ -188,7 +295,7 @@ class RedisLoader(Loader):
         if self._pipe is not None:
             raise DestinationError("begin() while a MULTI/EXEC is already being built")
         self._pipe = self.client.pipeline(transaction=True)
-        self._state_pipe = self.client.pipeline(transaction=True)
+        self._staged_documents = {}
         self._positions.clear()
         self._stream_sequence.clear()
 
@@ -241,7 +348,7 @@ class RedisLoader(Loader):
         pipe = self._pipeline()
         if self.structure == "stream":
             entries = self.client.xrange(table, min=f"{start}-0", max=f"{end}-18446744073709551615")
-            ids = [entry_id for entry_id, _ in entries]
+            ids = [entry_id for entry_id, _ in entries or ()]
             if ids:
                 pipe.xdel(table, *ids)
                 # Let the ids of the deleted blocks be used again by their replacements.
@@ -249,19 +356,35 @@ class RedisLoader(Loader):
                 pipe.execute_command("XSETID", table, last[0][0] if last else "0-0")
             return len(ids)
         index = f"{table}:_index"
-        keys = self.client.zrangebyscore(index, start, end)
+        keys = _members(self.client.zrangebyscore(index, start, end))
         for first in range(0, len(keys), 10_000):
             pipe.delete(*keys[first : first + 10_000])
         pipe.zremrangebyscore(index, start, end)
         return len(keys)
 
+    def first_range_start(self, table: str, block: int) -> int | None:
+        """The row with the lowest ``_amp_block_end`` at or past ``block`` belongs to the
+        earliest such microbatch; its ``_amp_block_start`` field says where it began."""
+        if self.structure == "stream":
+            entries = self.client.xrange(table, min=f"{block}-0", count=1)
+            fields = entries[0][1] if entries else None
+            start = fields.get(RANGE_START.encode()) if fields else None
+        else:
+            keys = _members(
+                self.client.zrangebyscore(f"{table}:_index", block, "+inf", start=0, num=1)
+            )
+            start = self.client.hget(keys[0], RANGE_START) if keys else None
+        return int(start) if start is not None else None
+
     def commit(self) -> None:
         """EXEC the rows; only when every command of it succeeded, EXEC the state (the
-        processed-range mark and checkpoint). Redis does not undo the rest of a MULTI/EXEC
-        when one command fails, so state must never ride in the same one as rows. A crash
-        between the two leaves rows without state: the replay rewrites the same keys."""
-        rows, state = self._pipeline(), self._state_pipe
-        self._pipe = self._state_pipe = None
+        documents the transaction staged: processed-range mark, checkpoint). Redis does
+        not undo the rest of a MULTI/EXEC when one command fails, so state must never
+        ride in the same one as rows. A crash between the two leaves rows without state:
+        the replay rewrites the same keys."""
+        rows, documents = self._pipeline(), self._staged_documents
+        self._check_leases()
+        self._pipe = self._staged_documents = None
         try:
             replies = rows.execute(raise_on_error=False)
             failed = [reply for reply in replies if isinstance(reply, Exception)]
@@ -270,138 +393,175 @@ class RedisLoader(Loader):
                     f"Redis MULTI/EXEC applied with {len(failed)} failed command(s): "
                     f"{failed[0]}; the microbatch's state was not saved"
                 )
-            if state is not None and len(state):
-                state.execute()
+            if documents:
+                RedisDocuments(self).write(documents)
         except redis.exceptions.RedisError as exc:
             raise DestinationError(f"Redis MULTI/EXEC failed: {exc}") from exc
 
     def rollback(self) -> None:
-        for pipe in (self._pipe, self._state_pipe):
-            if pipe is not None:
-                with contextlib.suppress(Exception):
-                    pipe.reset()
-        self._pipe = self._state_pipe = None
+        if self._pipe is not None:
+            with contextlib.suppress(Exception):
+                self._pipe.reset()
+        self._pipe = self._staged_documents = None
 
-    def state_store(self, prefix: str) -> RedisStateStore:
-        return RedisStateStore(self, prefix)
+    def state_store(self, prefix: str) -> DocumentStateStore:
+        """Checkpoints and processed ranges as Redis keys (see ``RedisDocuments``)."""
+        return DocumentStateStore(RedisDocuments(self), prefix)
 
 
-class RedisStateStore:
-    """Checkpoints and processed ranges as Redis keys, queued into the open MULTI/EXEC.
+def _lease_seconds(config: dict[str, Any]) -> float:
+    value = config.get("lease_seconds", 30)
+    low, high = _LEASE_SECONDS
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise ConfigError(
+            f"redis config['lease_seconds'] must be a number of seconds from {low:g} to "
+            f"{high:g} (how long a crashed load's claim of its stream outlives it), "
+            f"got {value!r}"
+        )
+    return float(value)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a SCAN pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def _stream_parts(stream: str, connection: str | None) -> tuple[str, str] | None:
+    """``{connection}:{table}`` → (connection, table)."""
+    if connection is not None:
+        head = f"{connection}:"
+        return (connection, stream[len(head) :]) if stream.startswith(head) else None
+    name, colon, table = stream.partition(":")
+    return (name, table) if colon else None
+
+
+class RedisDocuments:
+    """The ``DocumentBackend`` of Redis: state documents as Redis keys, written in one
+    MULTI/EXEC (after the rows' one, at commit).
 
     {prefix}checkpoint:{connection}:{table}:{worker}   JSON of the current checkpoint
     {prefix}checkpoint_history:{connection}:{table}    list of superseded checkpoints
     {prefix}processed:{connection}:{table}             hash: range id → JSON record
     {prefix}processed_by_end:{connection}:{table}      sorted set: range id → end block
+
+    A range id is ``network:start:end:end_hash``.
     """
 
-    def __init__(self, loader: RedisLoader, prefix: str) -> None:
+    def __init__(self, loader: RedisLoader) -> None:
         self.loader = loader
-        self.prefix = prefix
 
-    def _writer(self) -> Any:
-        """The state half of the open transaction (executed after the rows), or Redis."""
-        pipe = self.loader._state_pipe
-        return pipe if pipe is not None else self.loader.client
+    @staticmethod
+    def _checkpoint_name(key: DocKey) -> str:
+        prefix, _, connection, table, worker_id = key
+        return f"{prefix}checkpoint:{connection}:{table}:{worker_id}"
 
-    def create_checkpoint_tables(self) -> None:
-        """Redis needs no tables."""
+    @staticmethod
+    def _ranges(prefix: str, connection: str, table: str) -> tuple[str, str]:
+        return (
+            f"{prefix}processed:{connection}:{table}",
+            f"{prefix}processed_by_end:{connection}:{table}",
+        )
 
-    def create_processed_ranges_table(self) -> None:
-        """Redis needs no tables."""
+    @staticmethod
+    def _range_id(key: DocKey) -> str:
+        return ":".join(str(part) for part in key[4:8])
 
-    def _checkpoint_key(self, connection: str, table: str, worker_id: int) -> str:
-        return f"{self.prefix}checkpoint:{connection}:{table}:{worker_id}"
-
-    def load_checkpoint(self, connection: str, table: str, worker_id: int) -> dict[str, Any] | None:
-        raw = self.loader.client.get(self._checkpoint_key(connection, table, worker_id))
+    def committed_document(self, table: str, key: DocKey) -> Document | None:
+        client = self.loader.client
+        if key[1] == CHECKPOINT:
+            raw = client.get(self._checkpoint_name(key))
+        else:
+            records, _ = self._ranges(key[0], key[2], table)
+            raw = client.hget(records, self._range_id(key))
         return json.loads(raw) if raw is not None else None
 
-    def save_checkpoint(
-        self,
-        connection: str,
-        table: str,
-        worker_id: int,
-        data: dict[str, Any],
-        timestamp: datetime,
-        archive_previous: bool = False,
-    ) -> None:
-        key = self._checkpoint_key(connection, table, worker_id)
-        if archive_previous:
-            previous = self.loader.client.get(key)
-            if previous is not None:
-                self._writer().lpush(
-                    f"{self.prefix}checkpoint_history:{connection}:{table}", previous
-                )
-        self._writer().set(key, json.dumps(data))
+    def committed_documents(
+        self, table: str, prefix: str, kind: str, connection: str, min_end: int | None = None
+    ) -> dict[DocKey, Document]:
+        client = self.loader.client
+        if kind == CHECKPOINT:
+            found: dict[DocKey, Document] = {}
+            stem = f"{prefix}checkpoint:{connection}:{table}:"
+            names = [name.decode() for name in client.scan_iter(f"{stem}*")]
+            raws = client.mget(names) if names else []
+            for name, raw in zip(names, raws, strict=True):
+                worker = name[len(stem) :]
+                if raw is not None and worker.isdigit():
+                    found[checkpoint_key(prefix, connection, table, int(worker))] = json.loads(raw)
+            return found
+        records, by_end = self._ranges(prefix, connection, table)
+        if min_end is None:
+            raws = list(client.hgetall(records).values())
+        else:
+            ids = _members(client.zrangebyscore(by_end, min_end, "+inf"))
+            raws = client.hmget(records, ids) if ids else []
+        documents = [json.loads(raw) for raw in raws if raw is not None]
+        return {processed_key(prefix, connection, table, d): d for d in documents}
 
-    def delete_checkpoint(self, connection: str, table: str, worker_id: int | None = None) -> int:
-        if worker_id is not None:
-            return int(
-                self.loader.client.delete(self._checkpoint_key(connection, table, worker_id))
-            )
-        keys = list(self.loader.client.scan_iter(f"{self.prefix}checkpoint:{connection}:{table}:*"))
-        return int(self.loader.client.delete(*keys)) if keys else 0
-
-    def _ranges(self, connection: str, table: str) -> tuple[str, str]:
-        return (
-            f"{self.prefix}processed:{connection}:{table}",
-            f"{self.prefix}processed_by_end:{connection}:{table}",
-        )
-
-    def overlapping_ranges(
-        self, connection: str, table: str, block_range: BlockRange
-    ) -> list[ProcessedRange]:
-        records, by_end = self._ranges(connection, table)
-        ids = self.loader.client.zrangebyscore(by_end, block_range.start, "+inf")
-        if not ids:
-            return []
-        found = []
-        for raw in self.loader.client.hmget(records, ids):
-            if raw is None:
+    def listed_documents(
+        self, prefix: str, kind: str, connection: str | None, table: str | None
+    ) -> dict[DocKey, Document]:
+        """By SCAN over the key names. A name ``{connection}:{table}`` is split at the
+        first colon unless ``connection`` is given: a connection name with a colon is
+        listed correctly only when asked for by name."""
+        client = self.loader.client
+        stem = f"{prefix}{kind}:"
+        conn_glob = "*" if connection is None else _glob_escape(connection)
+        table_glob = "*" if table is None else _glob_escape(table)
+        found: dict[DocKey, Document] = {}
+        if kind == CHECKPOINT:
+            pattern = f"{_glob_escape(stem)}{conn_glob}:{table_glob}:*"
+            names = sorted(name.decode() for name in client.scan_iter(pattern))
+            raws = client.mget(names) if names else []
+            for name, raw in zip(names, raws, strict=True):
+                stream, _, worker = name[len(stem) :].rpartition(":")
+                parts = _stream_parts(stream, connection)
+                if raw is not None and worker.isdigit() and parts is not None:
+                    key = checkpoint_key(prefix, parts[0], parts[1], int(worker))
+                    found[key] = json.loads(raw)
+            return found
+        for name in client.scan_iter(f"{_glob_escape(stem)}{conn_glob}:{table_glob}"):
+            parts = _stream_parts(name.decode()[len(stem) :], connection)
+            if parts is None:
                 continue
-            record = json.loads(raw)
-            if record["network"] == block_range.network and record["start"] <= block_range.end:
-                found.append(ProcessedRange.from_record(record))
+            for raw in client.hgetall(name).values():
+                record = json.loads(raw)
+                found[processed_key(prefix, parts[0], parts[1], record)] = record
         return found
 
-    def mark_processed(
-        self,
-        connection: str,
-        table: str,
-        block_range: BlockRange,
-        processed_at: datetime,
-        batch_hash: str | None,
-    ) -> None:
-        records, by_end = self._ranges(connection, table)
-        range_id = f"{block_range.network}:{block_range.start}:{block_range.end}:{block_range.hash}"
-        record = ProcessedRange.record(block_range, processed_at, batch_hash)
-        writer = self._writer()
-        writer.hset(records, range_id, json.dumps(record))
-        writer.zadd(by_end, {range_id: block_range.end})
+    def staged_documents(self, table: str) -> dict[DocKey, Document | None] | None:
+        return self.loader._staged_documents
 
-    def _forget(self, connection: str, table: str, keep: Any) -> int:
-        records, by_end = self._ranges(connection, table)
-        doomed = []
-        for range_id, raw in self.loader.client.hgetall(records).items():
-            if not keep(json.loads(raw)):
-                doomed.append(range_id)
-        if doomed:
-            writer = self._writer()
-            writer.hdel(records, *doomed)
-            writer.zrem(by_end, *doomed)
-        return len(doomed)
+    def apply_documents(self, table: str, changes: Mapping[DocKey, Document | None]) -> None:
+        self.write(changes)
 
-    def forget_ranges_from(self, connection: str, table: str, network: str, start: int) -> int:
-        return self._forget(
-            connection, table, lambda r: r["network"] != network or r["end"] < start
-        )
-
-    def forget_ranges(self, connection: str, table: str) -> int:
-        return self._forget(connection, table, lambda r: False)
-
-    def cleanup_old_ranges(self, connection: str, table: str, days: float) -> int:
-        cutoff = datetime.now(UTC) - timedelta(days=days)
-        return self._forget(
-            connection, table, lambda r: datetime.fromisoformat(r["processed_at"]) >= cutoff
-        )
+    def write(self, changes: Mapping[DocKey, Document | None]) -> None:
+        """Write ``changes`` in one MULTI/EXEC."""
+        pipe = self.loader.client.pipeline(transaction=True)
+        for key, document in changes.items():
+            prefix, kind, connection, table = key[:4]
+            if kind == CHECKPOINT:
+                name = self._checkpoint_name(key)
+                if document is None:
+                    pipe.delete(name)
+                else:
+                    pipe.set(name, json.dumps(document))
+            elif kind == CHECKPOINT_HISTORY:
+                if document is not None:  # the list keeps the checkpoint, newest first
+                    history = f"{prefix}checkpoint_history:{connection}:{table}"
+                    pipe.lpush(history, json.dumps(document["checkpoint"]))
+            else:
+                records, by_end = self._ranges(prefix, connection, table)
+                range_id = self._range_id(key)
+                if document is None:
+                    pipe.hdel(records, range_id)
+                    pipe.zrem(by_end, range_id)
+                else:
+                    pipe.hset(records, range_id, json.dumps(document))
+                    pipe.zadd(by_end, {range_id: document["end"]})
+        pipe.execute()

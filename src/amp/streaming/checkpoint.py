@@ -20,6 +20,7 @@ from typing import Any
 from amp.config import check_keys, typed
 from amp.errors import ConfigError
 from amp.streaming.state import StateStore
+from amp.streaming.state_sql import check_table_prefix
 from amp.streaming.types import BlockRange, MetadataError
 
 log = logging.getLogger("amp.streaming.checkpoint")
@@ -43,7 +44,7 @@ class CheckpointConfig:
         check_keys("checkpoint config", data, ("enabled", "storage", "table_prefix"))
         config = cls(**data)
         typed("checkpoint config", "enabled", config.enabled, bool)
-        typed("checkpoint config", "table_prefix", config.table_prefix, str)
+        check_table_prefix("checkpoint config", config.table_prefix)
         if config.storage not in STORAGES:
             raise ConfigError(
                 f"checkpoint config['storage'] must be one of {', '.join(STORAGES)} (the "

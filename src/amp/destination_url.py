@@ -1,0 +1,127 @@
+"""``--to`` destination URLs → (loader name, loader config), every part validated.
+
+Why strict: a part that is not understood must not be dropped on the floor. ``redis://
+host:6379/seven`` once loaded into db 0; each error names the part and shows an example.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from typing import Any
+
+from amp.errors import ConfigError
+from amp.redact import redact_url, strip_userinfo
+
+EXAMPLES = {
+    "postgresql": "postgresql://user@localhost:5432/mydb",
+    "duckdb": "duckdb:///path/to/file.db",
+    "redis": "redis://localhost:6379/0",
+    "kafka": "kafka://localhost:9092/mytopic",
+}
+# libpq connection parameters a postgresql:// URL may carry as ?key=value.
+_POSTGRESQL_PARAMS = frozenset(
+    {
+        "sslmode",
+        "sslrootcert",
+        "sslcert",
+        "sslkey",
+        "connect_timeout",
+        "application_name",
+        "options",
+        "target_session_attrs",
+        "gssencmode",
+        "channel_binding",
+        "keepalives",
+        "keepalives_idle",
+    }
+)
+# Kafka security settings a kafka:// URL may carry as ?key=value (producer_config keys).
+_KAFKA_PARAMS = frozenset({"security.protocol", "sasl.mechanism"})
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _fail(url: str, scheme: str, problem: str) -> ConfigError:
+    return ConfigError(f"--to {redact_url(url)}: {problem}; e.g. {EXAMPLES[scheme]}")
+
+
+def _check_port(url: str, scheme: str, hostport: str) -> None:
+    host, colon, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    if colon and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise _fail(url, scheme, f"the port {port!r} must be a number from 1 to 65535")
+    if not host:
+        raise _fail(url, scheme, "the host is missing")
+
+
+def _query_params(url: str, scheme: str, query: str, allowed: frozenset[str]) -> dict[str, str]:
+    try:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise _fail(url, scheme, f"the query string {query!r} is not key=value pairs") from None
+    for key, _ in pairs:
+        if key not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise _fail(url, scheme, f"unknown URL parameter {key!r} (known: {known})")
+    return dict(pairs)
+
+
+def _single_path_part(url: str, scheme: str, path: str, what: str) -> str:
+    part = path[1:] if path.startswith("/") else path
+    if "/" in part:
+        raise _fail(url, scheme, f"the path {path!r} must be one {what}")
+    return urllib.parse.unquote(part)
+
+
+def destination_from_url(url: str) -> tuple[str, dict[str, Any]]:
+    """A destination URL → (loader, config): ``postgresql://user:pass@host:port/db``,
+    ``duckdb:///path.db``, ``redis://host:port/db`` or ``kafka://host:port/topic``."""
+    parsed = urllib.parse.urlsplit(url)
+    scheme = parsed.scheme.lower()
+    if parsed.fragment:
+        raise ConfigError(f"--to {redact_url(url)}: a destination URL has no #fragment")
+    if scheme in ("postgresql", "postgres"):
+        _check_port(url, "postgresql", parsed.netloc.rpartition("@")[2] or "localhost")
+        _single_path_part(url, "postgresql", parsed.path, "database name")
+        _query_params(url, "postgresql", parsed.query, _POSTGRESQL_PARAMS)
+        return "postgresql", {"dsn": url}
+    if scheme == "duckdb":
+        # duckdb:///abs/path.db, duckdb://relative.db, duckdb:///:memory:
+        if parsed.query:
+            raise _fail(url, "duckdb", f"unknown URL parameters {parsed.query!r}")
+        path = url.split("://", 1)[1]
+        path = path[1:] if path.startswith("//") or path == "/:memory:" else path
+        return "duckdb", {"database": urllib.parse.unquote(path) or ":memory:"}
+    if scheme in ("redis", "rediss"):
+        _check_port(url, "redis", parsed.netloc.rpartition("@")[2])
+        db = _single_path_part(url, "redis", parsed.path, "database number")
+        if db and not db.isdigit():
+            raise _fail(url, "redis", f"the database {db!r} must be a number (0, 1, ...)")
+        _query_params(url, "redis", parsed.query, frozenset())
+        return "redis", {"url": url}
+    if scheme == "kafka":
+        bare, user, password = strip_userinfo(url)
+        servers = urllib.parse.urlsplit(bare).netloc
+        for server in servers.split(","):
+            _check_port(url, "kafka", server)
+        topic = _single_path_part(url, "kafka", parsed.path, "topic name")
+        if not topic:
+            raise _fail(url, "kafka", "the topic is missing")
+        if not _TOPIC.match(topic):
+            raise _fail(url, "kafka", f"the topic {topic!r} may hold only A-Z a-z 0-9 . _ -")
+        producer_config = _query_params(url, "kafka", parsed.query, _KAFKA_PARAMS)
+        if user is not None:
+            # Credentials in the URL are SASL's: PLAIN over plaintext unless the URL says.
+            producer_config = {
+                "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": "PLAIN",
+                **producer_config,
+                "sasl.username": user,
+                "sasl.password": password or "",
+            }
+        config: dict[str, Any] = {"bootstrap_servers": servers, "topic": topic}
+        if producer_config:
+            config["producer_config"] = producer_config
+        return "kafka", config
+    raise ConfigError(
+        f"unsupported destination URL {redact_url(url)!r}; use {', '.join(EXAMPLES.values())}"
+    )
