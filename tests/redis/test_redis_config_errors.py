@@ -67,6 +67,17 @@ def test_port_of_the_wrong_type(server: DevServer, port: object) -> None:
         configure(server, {"host": "127.0.0.1", "port": port})
 
 
+@pytest.mark.parametrize("beside", ["host", "port", "db", "username", "password"])
+def test_url_with_a_part_it_already_decides_is_refused(server: DevServer, beside: str) -> None:
+    """A url decides host, port, db and credentials: a second answer beside it is refused
+    (it used to be ignored silently), and the password shown in neither."""
+    values = {"host": "10.0.0.9", "port": 6390, "db": 3, "username": "amp", "password": SECRET}
+    config = {"url": f"redis://:{SECRET}@127.0.0.1:6379/9", beside: values[beside]}
+    with pytest.raises(ConfigError, match=rf"'url' and also '{beside}'.*'url' alone") as caught:
+        configure(server, config)
+    assert SECRET not in str(caught.value)
+
+
 def test_unknown_key_is_named(server: DevServer) -> None:
     with pytest.raises(ConfigError, match="hots"):
         configure(server, {"hots": "127.0.0.1"})

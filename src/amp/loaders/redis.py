@@ -102,6 +102,10 @@ def _check_url(where: str, url: str) -> None:
         ) from None
 
 
+# What a url already says (redis://[[user]:password@]host:port/db).
+_URL_PARTS = frozenset({"host", "port", "db", "username", "password"})
+
+
 class RedisLoader(DataLoader[dict[str, Any]]):
     """Loads into Redis. Keys: host, port, db, password, username, url, data_structure
     ('hash' or 'stream'), socket_timeout, dead_peer_timeout, lease_seconds (the stream's
@@ -138,6 +142,17 @@ class RedisLoader(DataLoader[dict[str, Any]]):
             number_at_least(where, "db", self.config["db"], 0)
         if "url" in self.config:
             _check_url(where, self.config["url"])
+            # A url says where to connect on its own: a host or password given beside it
+            # would be ignored, and a load writing somewhere the user did not mean is
+            # worse than a refusal.
+            beside = sorted(_URL_PARTS & self.config.keys())
+            if beside:
+                raise ConfigError(
+                    f"{where} gives 'url' and also {', '.join(repr(k) for k in beside)}, "
+                    "which the url already decides; give either 'url' alone (its "
+                    "user, password, host, port and /db inside it) or "
+                    "host/port/db/username/password without 'url'"
+                )
         # Redis's bound defaults to 10 s (its commands are short), so a lease renewal
         # stuck on a dead connection is retried well within lease_seconds.
         self.dead_peer_timeout = dead_peer_timeout(where, self.config, _DEAD_PEER_SECONDS)
