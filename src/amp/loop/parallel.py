@@ -23,19 +23,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from amp.errors import ConfigError, FatalLoadError, LoadStopped
-from amp.flight.seam import Transport
 from amp.loaders.base import DataLoader, LoadMode
-from amp.loop.grouping import CommitGrouping
 from amp.loop.parallel_plan import Plan, PlanStore, check_same, new_plan
 from amp.loop.partition import (
     PartitionContext,
     PartitionState,
     PartitionWorker,
+    RunBasis,
     checkpoint_store,
 )
 from amp.loop.target import Bounds
-from amp.streaming.parallel import ParallelConfig, Partition
-from amp.streaming.resilience import Edge, RetryPolicy
+from amp.streaming.parallel import Partition
+from amp.streaming.resilience import RetryPolicy
 from amp.streaming.results import LoadResult
 from amp.streaming.types import BlockRange
 
@@ -44,21 +43,12 @@ __all__ = ["ParallelLoad", "ParallelRun", "PartitionState", "ThreadExecutor"]
 log = logging.getLogger("amp.parallel")
 
 
-@dataclass
-class ParallelRun:
+@dataclass(kw_only=True)
+class ParallelRun(RunBasis):
     """Everything the submitting process's side of a parallel load shares."""
 
-    transport: Transport
-    table: str
-    sql: str
-    header: bool | None
-    config: ParallelConfig
-    grouping: CommitGrouping
-    server_edge: Edge
-    stop_event: threading.Event
     loaders: Callable[[int], DataLoader[Any]]  # worker index -> its loader (0: the connection's)
     states: dict[int, PartitionState] = field(default_factory=dict)
-    setup_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -190,17 +180,7 @@ class ParallelLoad:
         if live is not None:
             run.states[live.worker_id] = PartitionState(live)
         context = PartitionContext(
-            transport=run.transport,
-            table=run.table,
-            sql=run.sql,
-            header=run.header,
-            config=run.config,
-            grouping=run.grouping,
-            server_edge=run.server_edge,
-            stop_event=run.stop_event,
-            partitions=plan.bounded,
-            handoff_cursor=plan.handoff_cursor,
-            setup_lock=run.setup_lock,
+            **run.basis(), partitions=plan.bounded, handoff_cursor=plan.handoff_cursor
         )
         yield from self.executor.run(run, Work(context, todo, live, positions))
         failed = [s for s in run.states.values() if s.status == "failed"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from amp.errors import AmpError, FatalLoadError, LoadStopped
@@ -73,9 +73,10 @@ class Coordination(Protocol):
         LoadStopped when ``stop`` is set first."""
 
 
-@dataclass
-class PartitionContext:
-    """What every partition of one run shares, in any process."""
+@dataclass(kw_only=True)
+class RunBasis:
+    """What a parallel run streams and stops with, the same for the submitting process
+    (``ParallelRun``) and every partition in any process (``PartitionContext``)."""
 
     transport: Transport
     table: str
@@ -85,11 +86,21 @@ class PartitionContext:
     grouping: CommitGrouping
     server_edge: Edge
     stop_event: threading.Event
+    setup_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def basis(self) -> dict[str, Any]:
+        """This run's basis as keywords, to build the other side's object from."""
+        return {f.name: getattr(self, f.name) for f in fields(RunBasis)}
+
+
+@dataclass(kw_only=True)
+class PartitionContext(RunBasis):
+    """What every partition of one run shares, in any process."""
+
     # The plan's bounded partitions: the takeover after a deep reorg needs their bounds.
     partitions: tuple[Partition, ...]
     # Block H as read when the plan was made (the live worker starts after it).
     handoff_cursor: BlockRange | None = None
-    setup_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class PartitionWorker:
