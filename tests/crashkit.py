@@ -83,25 +83,43 @@ def crash_and_restart(
     kills: int = 20,
     window: float = 1.5,
     after_kill: Callable[[], None] | None = None,
+    until: Callable[[], bool] | None = None,
 ) -> list[str]:
     """Start the load and kill it ``kills`` times, each time within ``window`` seconds
     after it started (spanning writes, commits, reorgs and waits for new blocks), calling
-    ``after_kill`` after each kill. Returns what the loads logged, run after run."""
+    ``after_kill`` after each kill. Returns what the loads logged, run after run.
+
+    ``until``: the progress the test's assertions need of the killed loads (e.g. past the
+    initial head). On a machine slow enough that no load gets there within its window,
+    up to EXTRA_KILLS more runs are killed, each window twice the last (at most
+    MAX_WINDOW s), until it holds: the kills stay random, the test still fails if it
+    never holds, and a fast machine runs exactly ``kills``."""
     rng = random.Random(seed)
     lines: list[str] = []
-    for attempt in range(kills):
+    windows = [window] * kills
+    attempt = 0
+    while attempt < len(windows):
         load = LoadProcess(command, connection)
         try:
             assert load.started.wait(timeout=60), "the load did not start within 60 s"
             load.fail_if_exited(attempt)
-            threading.Event().wait(rng.uniform(0.0, window))
+            threading.Event().wait(rng.uniform(0.0, windows[attempt]))
             load.fail_if_exited(attempt)
         finally:
             load.kill()
             lines.extend(load.lines)
         if after_kill is not None:
             after_kill()
+        attempt += 1
+        more = len(windows) - kills < EXTRA_KILLS
+        if attempt == len(windows) and until is not None and more and not until():
+            windows.append(min(windows[-1] * 2, MAX_WINDOW))
     return lines
+
+
+# Kills beyond the asked number while ``until`` does not hold, and their longest window.
+EXTRA_KILLS = 8
+MAX_WINDOW = 8.0
 
 
 CRASH_QUERY = "SELECT * FROM eth_firehose.logs"
@@ -134,11 +152,14 @@ def crash_and_restart_amp_load(
     after_kill: Callable[[], None] | None = None,
     flags: Sequence[str] = (),
     window: float = 1.5,
+    until: Callable[[], bool] | None = None,
 ) -> list[str]:
     """``crash_and_restart`` of ``amp load`` streaming ``query`` into ``destination``,
     with more ``flags`` (``--parallel ...``)."""
     command = [*amp_load_command(server.url, query, destination, table, connection), *flags]
-    return crash_and_restart(command, connection, seed, window=window, after_kill=after_kill)
+    return crash_and_restart(
+        command, connection, seed, window=window, after_kill=after_kill, until=until
+    )
 
 
 # The loop's line for each reorg it handled: "Reorg on <network>: blocks A..B invalidated".
@@ -364,6 +385,7 @@ class ParallelCrash:
                 self.server, self.url, self.table, self.connection, seed, flags=self.flags,
                 window=self.window,
                 after_kill=lambda: seen.append((len(deep.made), self.unfinished())),
+                until=lambda: not seen[-1][1],
             )  # fmt: skip
         return lines, seen
 

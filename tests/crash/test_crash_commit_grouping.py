@@ -68,6 +68,7 @@ def test_postgresql_grouped_commits_exactly_once_through_sigkills(
         CONNECTION,
         seed=23,
         after_kill=after_kill,
+        until=lambda: ends[-1] > backfill_head,
     )
 
     assert ends[0] < backfill_head, "the first load was not killed in the backfill"

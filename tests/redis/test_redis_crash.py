@@ -35,14 +35,22 @@ KILLS = 20
 CHILD = Path(__file__).with_name("redis_load_child.py")
 
 
-def crash_and_restart_load(server: DevServer, names: Names, structure: str, seed: int) -> None:
-    """Start the child load and kill it KILLS times, each time while it runs."""
+def crash_and_restart_load(
+    server: DevServer, names: Names, structure: str, seed: int, past: int, client: redis.Redis
+) -> None:
+    """Start the child load and kill it KILLS times, each time while it runs (more on a
+    slow machine, until a killed load has committed past block ``past``)."""
     command = [
         sys.executable, str(CHILD), "--server", server.url, "--table", names.table,
         "--connection", names.connection, "--structure", structure,
         "--host", REDIS_HOST, "--port", str(REDIS_PORT), "--db", str(REDIS_DB),
     ]  # fmt: skip
-    crash_and_restart(command, names.connection, seed, kills=KILLS, window=1.0)
+
+    def past_it() -> bool:
+        raw = client.get(names.checkpoint_key())
+        return raw is not None and int(json.loads(raw)["ranges"][-1]["end"]) > past
+
+    crash_and_restart(command, names.connection, seed, kills=KILLS, window=1.0, until=past_it)
 
 
 def checkpoint_end(client: redis.Redis, names: Names) -> int:
@@ -73,7 +81,7 @@ def test_redis_exactly_once_through_sigkills(
     structure: str, busy_chain: DevServer, redis_client: redis.Redis, names: Names
 ) -> None:
     initial_head = busy_chain.chain.head
-    crash_and_restart_load(busy_chain, names, structure, seed=17)
+    crash_and_restart_load(busy_chain, names, structure, 17, initial_head, redis_client)
     # What is checked below is the killed loads' work: they got past the initial blocks
     # (so kills hit loads at the head, among reorgs), and the catch-up resumes after them.
     resumed_from = checkpoint_end(redis_client, names)
