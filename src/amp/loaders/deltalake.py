@@ -1,0 +1,631 @@
+"""Delta Lake loader (delta-rs): each unit of work is ONE Delta commit.
+
+Why buffered: a Delta commit is atomic, so amp buffers a unit (its Arrow batches, its
+block deletes, its staged state documents) and ``commit()`` writes it as one commit
+holding the deletes, the rows, the processed ranges and the checkpoint together
+(``amp.loaders.delta_state``). A crash before the commit leaves no visible trace (at
+most unreferenced Parquet files, which ``VACUUM`` removes); after it, all of it.
+
+How a unit becomes one commit:
+- rows only: an append;
+- deletes only (a reorg's revert): a delete by block predicate;
+- both: delta-rs's predicate overwrite, which deletes the rows matching the predicate
+  and appends the new rows, which must all match it too. The predicate is the unit's
+  delete ranges, widened to cover its rows only where the loader proved the table has
+  no row the loop did not ask to delete (``has_rows_after`` answered False, or a count
+  of the widened part found none).
+
+Layout: table ``t`` is the Delta table ``<table_path>/t``; a parallel load's plan is a
+state-only Delta table ``<table_path>/_amp_parallel_plans/t``; stream locks live in
+``<table_path>/_amp_locks`` (``amp.loaders.delta_claim``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake.exceptions import (
+    CommitFailedError,
+    DeltaError,
+    DeltaProtocolError,
+    SchemaMismatchError,
+    TableNotFoundError,
+)
+
+from amp.config import number_at_least, typed
+from amp.errors import ConfigError, DestinationError
+from amp.loaders.base import DataLoader, LoadMode
+from amp.loaders.blocks import RANGE_END, RANGE_START
+from amp.loaders.delta_claim import LOCK_DIR, Fence, FileClaim, fence_app_id
+from amp.loaders.delta_state import TableState, build_payload, catch_up
+from amp.loaders.delta_state import app_id as checkpoint_app_id
+from amp.loaders.delta_store import DeltaDocuments
+from amp.loaders.delta_types import delta_schema, to_delta
+from amp.loaders.ownership import Stream
+from amp.loop.parallel_plan import PLAN_SUFFIX
+from amp.redact import is_secret_key, redact_text, redact_url, register_secret
+from amp.streaming.classify import Classification, ErrorClassifier, ErrorKind
+from amp.streaming.state_documents import CHECKPOINT, DocKey, Document, DocumentStateStore
+from amp.streaming.types import BlockRange
+
+log = logging.getLogger("amp.loaders.deltalake")
+
+PLAN_DIR = "_amp_parallel_plans"
+_TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_COMPRESSIONS = ("UNCOMPRESSED", "SNAPPY", "GZIP", "BROTLI", "LZ4", "ZSTD", "LZ4_RAW")
+_STATE_SCHEMA = pa.schema([pa.field("_amp_state", pa.string())])
+
+
+class DeltaErrorClassifier(ErrorClassifier):
+    """delta-rs's errors by type: a commit conflict (another writer committed first) is
+    transient, the unit is replayed on the new version; protocol and schema errors and
+    a missing table are permanent; anything else by amp's general rules."""
+
+    @classmethod
+    def classify(cls, failure: BaseException | str) -> Classification:
+        current = failure if isinstance(failure, BaseException) else None
+        seen: set[int] = set()
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            if isinstance(current, CommitFailedError):
+                return Classification(ErrorKind.TRANSIENT, "delta commit conflict")
+            if isinstance(current, DeltaProtocolError | SchemaMismatchError | TableNotFoundError):
+                return Classification(ErrorKind.PERMANENT, f"delta {type(current).__name__}")
+            current = current.__cause__ or current.__context__
+        return super().classify(failure)
+
+
+@dataclass
+class _Pending:
+    """One Delta table's part of the open transaction."""
+
+    batches: list[pa.Table] = field(default_factory=list)
+    deletes: list[tuple[str, int, int]] = field(default_factory=list)  # column, start, end
+    clear_after: dict[str, int] = field(default_factory=dict)  # column -> proven empty after
+    committed_deleted: int = 0  # committed rows the deletes remove (delete_blocks counted)
+
+
+def _between(column: str, start: int, end: int) -> ds.Expression:
+    return (ds.field(column) >= start) & (ds.field(column) <= end)
+
+
+def _inside(blocks: pa.ChunkedArray, ranges: list[tuple[int, int]]) -> pa.ChunkedArray:
+    """Which of ``blocks`` lie in one of ``ranges``."""
+    inside = None
+    for start, end in ranges:
+        hit = pc.and_(pc.greater_equal(blocks, start), pc.less_equal(blocks, end))
+        inside = hit if inside is None else pc.or_(inside, hit)
+    assert inside is not None
+    return inside
+
+
+def _sql_name(column: str) -> str:
+    return '"' + column.replace('"', '""') + '"'
+
+
+class DeltaLakeLoader(DataLoader[dict[str, Any]]):
+    """Loads into Delta tables under ``table_path``. Keys: table_path (required),
+    storage_options, partition_by, target_file_size, compression, configuration,
+    max_commit_retries, compact_every."""
+
+    loader_type = "deltalake"
+    transactional = True
+    finds_range_starts = True
+    error_classifier = DeltaErrorClassifier
+    config_keys = frozenset(
+        {
+            "table_path",
+            "storage_options",
+            "partition_by",
+            "target_file_size",
+            "compression",
+            "configuration",
+            "max_commit_retries",
+            "compact_every",
+        }
+    )
+
+    def __init__(self, config: dict[str, Any], connection_name: str = "") -> None:
+        super().__init__(config, connection_name)
+        where = "deltalake config"
+        if "table_path" not in self.config:
+            raise ConfigError(
+                f"{where} needs 'table_path': the directory (or object-store URI such as "
+                "s3://bucket/prefix) under which each table is a Delta table"
+            )
+        path = typed(where, "table_path", self.config["table_path"], str)
+        if not path.strip():
+            raise ConfigError(f"{where}['table_path'] is empty; give a directory or a URI")
+        scheme = urllib.parse.urlsplit(path).scheme
+        self.local = scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")
+        if self.local:
+            path = os.path.abspath(path[len("file://") :] if scheme == "file" else path)
+        self.table_path = path.rstrip("/") or "/"
+        self.storage_options = _string_map(where, "storage_options", self.config)
+        for key, value in self.storage_options.items():
+            if is_secret_key(key):
+                register_secret(value)
+        self.configuration = _string_map(where, "configuration", self.config)
+        self.partition_by = _columns(where, self.config.get("partition_by", []))
+        self.target_file_size = _optional_int(where, "target_file_size", self.config, 1)
+        self.max_commit_retries = _optional_int(where, "max_commit_retries", self.config, 0)
+        self.compact_every = _optional_int(where, "compact_every", self.config, 0) or 0
+        self.compression = self.config.get("compression", "SNAPPY")
+        if not isinstance(self.compression, str) or self.compression.upper() not in _COMPRESSIONS:
+            raise ConfigError(
+                f"{where}['compression'] must be one of {', '.join(_COMPRESSIONS)}, "
+                f"got {self.compression!r}"
+            )
+        self.compression = self.compression.upper()
+        self._tables: dict[str, DeltaTable] = {}
+        self._states: dict[str, TableState] = {}
+        self._pending: dict[str, _Pending] | None = None
+        self._staged: dict[DocKey, Document | None] | None = None
+        self._refreshed: set[str] = set()
+        self._claims: dict[Stream, FileClaim | None] = {}
+        self._fences: dict[Stream, Fence] = {}
+        self._commits = 0
+
+    # -- where things are ---------------------------------------------------------------
+
+    def describe(self) -> str:
+        return f"deltalake {redact_url(self.table_path)}"
+
+    def describe_table(self, table: str) -> str:
+        return f"Delta table {redact_url(self.location(table))}"
+
+    def location(self, table: str) -> str:
+        """The Delta table that holds ``table`` (a plan table: its state-only table)."""
+        plan = table.endswith(PLAN_SUFFIX)
+        name = table[: -len(PLAN_SUFFIX)] if plan else table
+        if not _TABLE_NAME.fullmatch(name) or name in (".", ".."):
+            raise ConfigError(
+                f"the Delta loader names a table's directory after it, so {name!r} must be "
+                "letters, digits, '_', '.' or '-' (not starting with '_' or '.')"
+            )
+        parts = [self.table_path, PLAN_DIR, name] if plan else [self.table_path, name]
+        return "/".join(part.rstrip("/") for part in parts)
+
+    def table_names(self) -> list[str]:
+        """Every amp table under ``table_path`` (plan tables as ``t/parallel-plan``)."""
+        found: list[str] = []
+        if not self.local:
+            raise ConfigError(
+                "listing every table needs a local table_path; name the table (--table)"
+            )
+        for directory, suffix in ((self.table_path, ""), (f"{self.table_path}/{PLAN_DIR}", "")):
+            if not os.path.isdir(directory):
+                continue
+            for name in sorted(os.listdir(directory)):
+                if os.path.isdir(os.path.join(directory, name, "_delta_log")):
+                    found.append(name + (PLAN_SUFFIX if directory.endswith(PLAN_DIR) else suffix))
+        return found
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Nothing to open: each table is opened (and its state read) when first used.
+        A local table_path must be a directory we can create."""
+        if self.local:
+            try:
+                os.makedirs(self.table_path, exist_ok=True)
+            except OSError as exc:
+                raise DestinationError(
+                    f"cannot create the Delta table_path {self.table_path}: {exc}"
+                ) from exc
+
+    def disconnect(self) -> None:
+        self._tables.clear()
+        self._states.clear()
+
+    def table(self, table: str, refresh: bool = True) -> DeltaTable | None:
+        """The Delta table of ``table`` at its latest version (None: not created yet)."""
+        location = self.location(table)
+        found = self._tables.get(location)
+        try:
+            if found is None:
+                if not DeltaTable.is_deltatable(location, self.storage_options or None):
+                    return None
+                found = DeltaTable(location, storage_options=self.storage_options or None)
+                self._tables[location] = found
+            elif refresh:
+                found.update_incremental()
+        except DeltaError as exc:
+            raise DestinationError(
+                f"cannot read the Delta table {redact_url(location)}: {redact_text(str(exc))}"
+            ) from exc
+        return found
+
+    def fresh_table(self, table: str) -> DeltaTable | None:
+        """``table`` read at its latest version once per transaction (always outside
+        one): the transaction's reads and its commit then see one version, and a
+        concurrent commit is found by Delta's conflict check."""
+        location = self.location(table)
+        if self._pending is None or location not in self._refreshed:
+            found = self.table(table)
+            if self._pending is not None and found is not None:
+                self._refreshed.add(location)
+            return found
+        return self.table(table, refresh=False)
+
+    def state_of(self, table: str) -> TableState:
+        """The state found in ``table``'s commits, caught up with its latest version."""
+        location = self.location(table)
+        state = self._states.setdefault(location, TableState())
+        delta = self.table(table, refresh=False)
+        if delta is None:
+            return state
+        version = delta.version()
+        if version > state.version:
+            limit = version - state.version if state.version >= 0 else None
+            catch_up(state, delta.history(limit), version)
+        return state
+
+    def reload_state(self, table: str) -> None:
+        if self.table(table) is not None:
+            self.state_of(table)
+
+    # -- one writer per stream ----------------------------------------------------------
+
+    def claim_stream(self, table: str, worker_id: int) -> None:
+        stream = Stream(self.connection_name, table, worker_id)
+        if stream in self._claims:
+            return
+        claim = None
+        if self.local:
+            claim = FileClaim(os.path.join(self.table_path, LOCK_DIR), stream, self.describe())
+            claim.acquire()
+        self._claims[stream] = claim
+        delta = self.table(table)
+        found = delta.transaction_version(fence_app_id(stream)) if delta is not None else None
+        self._fences[stream] = Fence(stream, found or 0)
+
+    def release_stream(self) -> None:
+        claims, self._claims = self._claims, {}
+        self._fences.clear()
+        for claim in claims.values():
+            if claim is not None:
+                claim.release()
+
+    # -- tables -------------------------------------------------------------------------
+
+    def prepare_table(
+        self, table: str, schema: pa.Schema, mode: LoadMode, block_column: str
+    ) -> None:
+        if block_column not in schema.names:
+            raise ConfigError(f"the rows of {table} have no block column {block_column!r}")
+        missing = [name for name in self.partition_by if name not in schema.names]
+        if missing:
+            raise ConfigError(
+                f"deltalake config['partition_by'] names {', '.join(missing)}, not columns "
+                f"of {table} ({', '.join(schema.names)}); partition by the query's columns"
+            )
+        wanted = delta_schema(schema)
+        delta = self.table(table)
+        if delta is None:
+            self._create(table, wanted, self.partition_by)
+            return
+        have = set(delta.schema().to_arrow().names)
+        absent = [name for name in wanted.names if name not in have]
+        if mode is LoadMode.OVERWRITE:
+            write_deltalake(
+                delta,
+                wanted.empty_table(),
+                mode="overwrite",
+                schema_mode="overwrite",
+                partition_by=self.partition_by or None,
+                commit_properties=self._commit_properties(table, {}),
+            )
+        elif absent:
+            raise ConfigError(
+                f"the Delta table {redact_url(self.location(table))} has no column(s) "
+                f"{', '.join(absent)} that the query returns; load with mode='overwrite', "
+                "choose another table, or add the columns"
+            )
+
+    def _create(self, table: str, schema: pa.Schema, partition_by: list[str]) -> None:
+        """Create the table (a concurrent worker may win: then it exists, which is fine)."""
+        try:
+            DeltaTable.create(
+                self.location(table),
+                schema,
+                mode="ignore",
+                partition_by=partition_by or None,
+                configuration=self.configuration or None,
+                storage_options=self.storage_options or None,
+            )
+        except CommitFailedError:
+            if self.table(table) is None:
+                raise
+
+    # -- rows and deletes, buffered until commit ----------------------------------------
+
+    def begin(self) -> None:
+        if self._pending is not None:
+            raise DestinationError("begin() while a Delta transaction is already open")
+        self._pending = {}
+        self._staged = {}
+        self._refreshed = set()
+
+    def _part(self, table: str) -> _Pending:
+        if self._pending is None:
+            raise DestinationError("a Delta write outside begin()/commit()")
+        if table not in self._pending:
+            self.fresh_table(table)
+        return self._pending.setdefault(table, _Pending())
+
+    def write(
+        self, table: str, batch: pa.RecordBatch, block_range: BlockRange | None = None
+    ) -> int:
+        if batch.num_rows:
+            self._part(table).batches.append(to_delta(batch))
+        return batch.num_rows
+
+    def delete_blocks(self, table: str, block_column: str, start: int, end: int) -> int:
+        """Buffer the delete; count what it removes now: the committed rows in the range
+        not already covered by an earlier delete of this transaction (a scan pruned by
+        the files' statistics), plus the buffered rows it drops."""
+        part = self._part(table)
+        dropped = 0
+        for index, buffered in enumerate(part.batches):
+            inside = pc.and_(
+                pc.greater_equal(buffered[block_column], start),
+                pc.less_equal(buffered[block_column], end),
+            )
+            hits = int(pc.sum(pc.cast(inside, pa.int64())).as_py() or 0)
+            if hits:
+                part.batches[index] = buffered.filter(pc.invert(inside))
+                dropped += hits
+        committed = self._count(table, _between(block_column, start, end), part)
+        part.deletes.append((block_column, start, end))
+        part.committed_deleted += committed
+        return committed + dropped
+
+    def _count(self, table: str, where: ds.Expression, part: _Pending) -> int:
+        delta = self.table(table, refresh=False)
+        if delta is None:
+            return 0
+        for column, start, end in part.deletes:
+            where = where & ~_between(column, start, end)
+        dataset = delta.to_pyarrow_dataset()
+        return int(dataset.count_rows(filter=where))
+
+    def has_rows_after(self, table: str, block_column: str, block: int) -> bool | None:
+        part = self._part(table)
+        for buffered in part.batches:
+            if len(buffered) and (pc.max(buffered[block_column]).as_py() or 0) > block:
+                return True
+        if self._count(table, ds.field(block_column) > block, part):
+            return True
+        held = part.clear_after.get(block_column)
+        part.clear_after[block_column] = block if held is None else min(held, block)
+        return False
+
+    def first_range_start(self, table: str, block: int) -> int | None:
+        delta = self.table(table)
+        if delta is None:
+            return None
+        found = delta.to_pyarrow_dataset().to_table(
+            columns=[RANGE_START], filter=ds.field(RANGE_END) >= block
+        )
+        low = pc.min(found[RANGE_START]).as_py() if len(found) else None
+        return None if low is None else int(low)
+
+    # -- the commit ---------------------------------------------------------------------
+
+    def rollback(self) -> None:
+        self._pending = None
+        self._staged = None
+
+    def commit(self) -> None:
+        pending, staged = self._pending, self._staged
+        if pending is None or staged is None:
+            raise DestinationError("commit() without begin()")
+        try:
+            self._commit(pending, staged)
+        finally:
+            self._pending = self._staged = None
+
+    def _commit(self, pending: dict[str, _Pending], staged: dict[DocKey, Document | None]) -> None:
+        by_table: dict[str, dict[DocKey, Document | None]] = {}
+        for key, document in staged.items():
+            by_table.setdefault(self.location(key[3]), {})[key] = document
+        tables = {self.location(name): name for name in pending}
+        for key in staged:
+            tables.setdefault(self.location(key[3]), key[3])
+        if len(tables) > 1:
+            raise DestinationError(
+                f"one amp transaction wrote {len(tables)} Delta tables; a Delta commit holds "
+                "one table (this is a bug in the caller)"
+            )
+        for location, name in tables.items():
+            self._commit_table(name, pending.get(name, _Pending()), by_table.get(location, {}))
+
+    def _commit_table(
+        self, table: str, part: _Pending, staged: dict[DocKey, Document | None]
+    ) -> None:
+        delta = self.fresh_table(table)
+        if delta is None:
+            if part.batches or part.deletes:
+                raise DestinationError(f"{self.describe_table(table)} does not exist")
+            if not staged:
+                return
+            self._create(table, _STATE_SCHEMA, [])
+            delta = self.table(table, refresh=False)
+            assert delta is not None
+        self._check_fences(table, delta)
+        properties = self._commit_properties(table, staged)
+        rows = [batch for batch in part.batches if len(batch)]
+        before = delta.version()
+        if not part.committed_deleted:
+            # Nothing committed to delete (delta-rs makes no commit for a delete that
+            # matches no row, and the state must still be committed): an append.
+            part.deletes = []
+        try:
+            if part.deletes and rows:
+                data = pa.concat_tables(rows, promote_options="permissive")
+                write_deltalake(
+                    delta,
+                    data,
+                    mode="overwrite",
+                    predicate=self._predicate(table, part, data),
+                    **self._write_options(),
+                    commit_properties=properties,
+                )
+            elif part.deletes:
+                delta.delete(self._predicate(table, part, None), commit_properties=properties)
+            elif rows or staged:
+                data = pa.concat_tables(rows, promote_options="permissive") if rows else None
+                write_deltalake(
+                    delta,
+                    data if data is not None else delta.schema().to_arrow().empty_table(),
+                    mode="append",
+                    **self._write_options(),
+                    commit_properties=properties,
+                )
+            else:
+                return
+        except CommitFailedError as exc:
+            raise DestinationError(
+                f"the Delta commit to {self.describe_table(table)} conflicted with another "
+                f"writer's: {redact_text(str(exc))}; the unit is replayed"
+            ) from exc
+        except DeltaError as exc:
+            raise DestinationError(
+                f"the Delta commit to {self.describe_table(table)} failed: {redact_text(str(exc))}"
+            ) from exc
+        delta.update_incremental()
+        if delta.version() == before:
+            raise DestinationError(
+                f"delta-rs made no commit to {self.describe_table(table)} for this unit; "
+                "its state would be lost, so the unit is not taken as committed"
+            )
+        for fence in self._fences_of(table):
+            fence.expected += 1
+        self._commits += 1
+        if self.compact_every and self._commits % self.compact_every == 0 and rows:
+            self._compact(table, delta)
+
+    def _predicate(self, table: str, part: _Pending, data: pa.Table | None) -> str:
+        """The SQL predicate of the unit's deletes, widened to cover ``data`` only where
+        the table is proven to hold no row outside the deletes (see the module doc)."""
+        column = part.deletes[0][0]
+        ranges = [(start, end) for col, start, end in part.deletes if col == column]
+        if any(col != column for col, _, _ in part.deletes):
+            raise DestinationError("one unit deleted by two block columns")
+        terms = [f"({_sql_name(column)} BETWEEN {start} AND {end})" for start, end in ranges]
+        if data is not None and len(data):
+            outside = pc.invert(_inside(data[column], ranges))
+            loose = data.filter(outside)[column]
+            if len(loose):
+                low, high = int(pc.min(loose).as_py()), int(pc.max(loose).as_py())
+                proven = part.clear_after.get(column)
+                if proven is not None and low > proven:
+                    terms.append(f"({_sql_name(column)} > {proven})")
+                else:
+                    found = self._count(table, _between(column, low, high), part)
+                    if found:
+                        raise DestinationError(
+                            f"{self.describe_table(table)} already holds {found} row(s) of "
+                            f"blocks {low}..{high} that this unit writes without deleting "
+                            "them first; a Delta commit cannot add these rows without "
+                            "deleting those. Enable idempotency, or reset the stream"
+                        )
+                    terms.append(f"({_sql_name(column)} BETWEEN {low} AND {high})")
+        return " OR ".join(terms)
+
+    def _write_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "writer_properties": WriterProperties(compression=self.compression)
+        }
+        if self.target_file_size is not None:
+            options["target_file_size"] = self.target_file_size
+        return options
+
+    def _commit_properties(
+        self, table: str, staged: Mapping[DocKey, Document | None]
+    ) -> CommitProperties:
+        """amp's payload and application transactions: the state documents' and the
+        fences of the streams this loader claimed on ``table``."""
+        state = self.state_of(table)
+        delta = self.table(table, refresh=False)
+        seqs: dict[DocKey, int] = {}
+        for key in staged:
+            if key[1] == CHECKPOINT and delta is not None:
+                seqs[key] = delta.transaction_version(checkpoint_app_id(key)) or 0
+        payload, versions = build_payload(state, staged, seqs)
+        transactions = [Transaction(app, version) for app, version in versions.items()]
+        transactions += [Transaction(f.app_id, f.expected + 1) for f in self._fences_of(table)]
+        return CommitProperties(
+            custom_metadata={"amp": payload},
+            app_transactions=transactions or None,
+            max_commit_retries=self.max_commit_retries,
+        )
+
+    def _fences_of(self, table: str) -> list[Fence]:
+        location = self.location(table)
+        return [f for s, f in self._fences.items() if self.location(s.table) == location]
+
+    def _check_fences(self, table: str, delta: DeltaTable) -> None:
+        for fence in self._fences_of(table):
+            fence.check(delta.transaction_version(fence.app_id), self.describe())
+
+    def _compact(self, table: str, delta: DeltaTable) -> None:
+        """delta-rs's OPTIMIZE compact, best effort: a conflict with a concurrent writer
+        only postpones it (the files are compacted at a later turn)."""
+        try:
+            metrics = delta.optimize.compact(target_size=self.target_file_size)
+            log.info("compacted %s: %s", self.describe_table(table), metrics)
+        except (CommitFailedError, DeltaError) as exc:
+            log.warning("compacting %s failed (retried later): %s", table, exc)
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def staged_documents(self) -> dict[DocKey, Document | None] | None:
+        return self._staged
+
+    def state_store(self, prefix: str) -> DocumentStateStore:
+        """Checkpoints and processed ranges inside the table's commits (``delta_state``)."""
+        return DocumentStateStore(DeltaDocuments(self), prefix)
+
+
+def _string_map(where: str, key: str, config: Mapping[str, Any]) -> dict[str, str]:
+    value = config.get(key, {})
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError(
+            f"{where}[{key!r}] must be a mapping of text keys to text values "
+            f"(delta-rs takes them as strings), got a {type(value).__name__}"
+        )
+    return dict(value)
+
+
+def _columns(where: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(
+            f"{where}['partition_by'] must be a column name or a list of column names, "
+            f"got {value!r}"
+        )
+    return list(value)
+
+
+def _optional_int(where: str, key: str, config: Mapping[str, Any], minimum: int) -> int | None:
+    if key not in config:
+        return None
+    value = typed(where, key, config[key], int)
+    number_at_least(where, key, value, minimum)
+    return int(value)

@@ -1,0 +1,68 @@
+"""Streaming loads into Delta through reorgs of depth 1, 4 and deeper than a microbatch:
+the table read back with delta-rs holds exactly the canonical rows, each reorg is one
+delete commit reporting the rows it removed, and every unit is one commit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from delta_support import TABLE, amp_commits, assert_exact, delta_config, read_table
+from deltalake import DeltaTable
+
+from amp.devserver import DevServer
+from kit import Action, Mine, Reorg, assert_reorgs_reported, load_to_head, unique
+
+SEED = 1
+MAX_INTERVAL = 10
+
+SCENARIOS: dict[str, Callable[[], list[Action]]] = {
+    "depth-1": lambda: [Reorg(1), Mine(4), Reorg(1), Mine(2), Reorg(1)],
+    "depth-4": lambda: [Reorg(4), Mine(3), Reorg(4, mine=2), Mine(1), Reorg(4)],
+    # 25 blocks span three microbatches of 10, the first of them only partly.
+    "deeper-than-a-microbatch": lambda: [Reorg(25), Mine(6), Reorg(25)],
+}
+
+
+@pytest.mark.parametrize("idempotency", [False, True], ids=["plain", "idempotent"])
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_streaming_load_through_reorgs_is_exact(
+    scenario: str, idempotency: bool, tmp_path: Path
+) -> None:
+    config = delta_config(tmp_path, checkpoint=True, idempotency=idempotency)
+    actions = SCENARIOS[scenario]()
+    with DevServer(port=0, seed=SEED, initial_blocks=60, max_interval=MAX_INTERVAL) as server:
+        driven = load_to_head(server, unique("dc"), "deltalake", config, TABLE, actions)
+        reorgs = [action for action in actions if isinstance(action, Reorg)]
+        assert_reorgs_reported(driven, reorgs)
+        assert any(reorg.rows_replaced > 0 for reorg in reorgs), "no reorg replaced any row"
+        assert_exact(tmp_path, server.chain)
+
+    # One commit per result that changed the table, each carrying amp's state.
+    history = DeltaTable(f"{tmp_path}/{TABLE}").history()
+    deletes = [h for h in history if h["operation"] == "DELETE"]
+    assert len(deletes) == len(driven.reorgs()), "a reorg should be one delete commit"
+    for commit in deletes:
+        assert "amp" in commit, "a reorg's delete commit must carry the new checkpoint"
+    assert len(amp_commits(tmp_path)) == len(history) - 1  # all but the CREATE
+
+
+def test_reorg_commit_removes_exactly_the_replaced_rows(tmp_path: Path) -> None:
+    """The delete commit's own metrics agree with the rows the chain replaced, and the
+    rows of blocks before the fork are untouched."""
+    config = delta_config(tmp_path, checkpoint=True)
+    reorg = Reorg(25)
+    with DevServer(port=0, seed=SEED, initial_blocks=60, max_interval=MAX_INTERVAL) as server:
+        before: dict[str, object] = {}
+
+        def snapshot(chain: object) -> None:
+            before["rows"] = read_table(tmp_path).num_rows
+            reorg(chain)  # type: ignore[arg-type]
+
+        load_to_head(server, unique("dc"), "deltalake", config, TABLE, [snapshot])
+        history = DeltaTable(f"{tmp_path}/{TABLE}").history()
+        (delete,) = [h for h in history if h["operation"] == "DELETE"]
+        assert delete["operationMetrics"]["num_deleted_rows"] == reorg.rows_replaced
+        assert reorg.rows_replaced > 0
+        assert_exact(tmp_path, server.chain)
