@@ -8,7 +8,10 @@ Arrow                      Delta (read back as)         why / what is refused
 =========================  ===========================  ================================
 uint8 / uint16 / uint32    short / integer / long       Delta integers are signed: the
                            (int16 / int32 / int64)      next wider one holds every value
-uint64                     long (int64)                 values above 2**63-1 are refused
+uint64                     decimal(20, 0)               every value kept; the load's block
+                                                        columns (block numbers) are long
+                                                        (int64), and a value above
+                                                        2**63-1 there is refused
 timestamp[ns|ms|s], tz     timestamp (us, UTC)          Delta keeps microseconds; a value
                                                         with sub-microsecond digits is
                                                         refused rather than truncated
@@ -29,13 +32,16 @@ _WIDER = {
     pa.uint8(): pa.int16(),
     pa.uint16(): pa.int32(),
     pa.uint32(): pa.int64(),
-    pa.uint64(): pa.int64(),
+    pa.uint64(): pa.decimal128(20, 0),
 }
 _INT64_MAX = 2**63 - 1
 
 
-def delta_type(arrow: pa.DataType) -> pa.DataType:
-    """The type a column of ``arrow`` is stored with (see the module table)."""
+def delta_type(arrow: pa.DataType, block_number: bool = False) -> pa.DataType:
+    """The type a column of ``arrow`` is stored with (see the module table);
+    ``block_number``: a block column, whose uint64 is a long (predicates, statistics)."""
+    if block_number and arrow == pa.uint64():
+        return pa.int64()
     if arrow in _WIDER:
         return _WIDER[arrow]
     if pa.types.is_timestamp(arrow):
@@ -45,24 +51,29 @@ def delta_type(arrow: pa.DataType) -> pa.DataType:
     return arrow
 
 
-def delta_schema(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([field.with_type(delta_type(field.type)) for field in schema])
+def delta_schema(schema: pa.Schema, block_columns: frozenset[str] = frozenset()) -> pa.Schema:
+    return pa.schema(
+        [field.with_type(delta_type(field.type, field.name in block_columns)) for field in schema]
+    )
 
 
-def to_delta(batch: pa.RecordBatch | pa.Table) -> pa.Table:
-    """``batch`` with every column in its Delta type; DestinationError naming the
-    column for a value the Delta type cannot hold."""
+def to_delta(batch: pa.RecordBatch | pa.Table, target: pa.Schema) -> pa.Table:
+    """``batch`` with every column in the table's type (``target``, made by
+    ``delta_schema``); DestinationError naming the column for a value it cannot hold."""
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-    target = delta_schema(table.schema)
-    if target.equals(table.schema):
-        return table
     columns = []
     for field, column in zip(table.schema, table.columns, strict=True):
-        wanted = target.field(field.name).type
+        index = target.get_field_index(field.name)
+        if index < 0:
+            raise DestinationError(
+                f"the rows have a column {field.name!r} the Delta table has not; load with "
+                "mode='overwrite' or into another table"
+            )
+        wanted = target.field(index).type
         if wanted == field.type:
             columns.append(column)
             continue
-        if field.type == pa.uint64() and len(column):
+        if field.type == pa.uint64() and wanted == pa.int64() and len(column):
             top = pc.max(column).as_py()
             if top is not None and top > _INT64_MAX:
                 raise DestinationError(
@@ -78,4 +89,5 @@ def to_delta(batch: pa.RecordBatch | pa.Table) -> pa.Table:
                 f"without losing digits: {exc}; Delta keeps timestamps in microseconds, so "
                 "truncate it in the query if that is acceptable"
             ) from exc
-    return pa.Table.from_arrays(columns, schema=target)
+    names = table.schema.names
+    return pa.Table.from_arrays(columns, schema=pa.schema([target.field(n) for n in names]))

@@ -172,6 +172,7 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
         self._pending: dict[str, _Pending] | None = None
         self._staged: dict[DocKey, Document | None] | None = None
         self._refreshed: set[str] = set()
+        self._schemas: dict[str, pa.Schema] = {}
         self._claims: dict[Stream, FileClaim | None] = {}
         self._fences: dict[Stream, Fence] = {}
         self._commits = 0
@@ -225,6 +226,7 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
                 ) from exc
 
     def disconnect(self) -> None:
+        self._schemas.clear()
         self._tables.clear()
         self._states.clear()
 
@@ -310,12 +312,13 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
                 f"deltalake config['partition_by'] names {', '.join(missing)}, not columns "
                 f"of {table} ({', '.join(schema.names)}); partition by the query's columns"
             )
-        wanted = delta_schema(schema)
+        wanted = delta_schema(schema, frozenset({block_column, RANGE_START, RANGE_END}))
+        self._schemas.pop(self.location(table), None)
         delta = self.table(table)
         if delta is None:
             self._create(table, wanted, self.partition_by)
             return
-        have = set(delta.schema().to_arrow().names)
+        have = set(pa.schema(delta.schema().to_arrow()).names)
         absent = [name for name in wanted.names if name not in have]
         if mode is LoadMode.OVERWRITE:
             write_deltalake(
@@ -368,8 +371,21 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
         self, table: str, batch: pa.RecordBatch, block_range: BlockRange | None = None
     ) -> int:
         if batch.num_rows:
-            self._part(table).batches.append(to_delta(batch))
+            part = self._part(table)
+            part.batches.append(to_delta(batch, self._arrow_schema(table)))
         return batch.num_rows
+
+    def _arrow_schema(self, table: str) -> pa.Schema:
+        """The Delta table's schema as Arrow (what rows are cast to)."""
+        location = self.location(table)
+        found = self._schemas.get(location)
+        if found is None:
+            delta = self.table(table, refresh=False)
+            if delta is None:
+                raise DestinationError(f"{self.describe_table(table)} does not exist")
+            found = pa.schema(delta.schema().to_arrow())
+            self._schemas[location] = found
+        return found
 
     def delete_blocks(self, table: str, block_column: str, start: int, end: int) -> int:
         """Buffer the delete; count what it removes now: the committed rows in the range
@@ -488,7 +504,9 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
                 data = pa.concat_tables(rows, promote_options="permissive") if rows else None
                 write_deltalake(
                     delta,
-                    data if data is not None else delta.schema().to_arrow().empty_table(),
+                    data
+                    if data is not None
+                    else pa.schema(delta.schema().to_arrow()).empty_table(),
                     mode="append",
                     **self._write_options(),
                     commit_properties=properties,
