@@ -75,7 +75,11 @@ def test_hybrid_load_through_reorgs_around_the_handoff(tmp_path: Path) -> None:
             seen = drive_hybrid(run, srv.chain, live_worker=3, changes=around_handoff())
         finally:
             client.close()
-    assert {r.metadata["worker_id"] for r in seen} == {0, 1, 2, 3}
+    summary = sorted(
+        (r.metadata["worker_id"], r.metadata.get("operation"), str(r.metadata.get("block_ranges")))
+        for r in seen
+    )
+    assert {r.metadata["worker_id"] for r in seen} == {0, 1, 2, 3}, summary
     assert first_live_block(seen, live_worker=3) == 221
     assert min(reorgs_of(seen, worker=3)) < 221
     assert_exact(tmp_path, srv.chain)

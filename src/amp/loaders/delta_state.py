@@ -108,14 +108,58 @@ def read_payload(info: Mapping[str, Any]) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
-def catch_up(state: TableState, history: list[dict[str, Any]], version: int) -> None:
-    """Fold the commits of ``history`` after ``state.version`` in, oldest first."""
-    newer = [info for info in history if int(info.get("version", -1)) > state.version]
-    for info in sorted(newer, key=lambda found: int(found["version"])):
-        payload = read_payload(info)
+def catch_up(state: TableState, log: DeltaLog, version: int) -> None:
+    """Fold the commits after ``state.version`` up to ``version`` in, oldest first.
+
+    Why the commit files and not ``DeltaTable.history()``: delta-rs 1.6 labels the
+    entries of ``history()`` from the version the table object has loaded while listing
+    the newest files of the log, so a commit made meanwhile shifts every label."""
+    first = state.version + 1
+    versions = range(first, version + 1) if first > 0 else log.versions(version)
+    for number in versions:
+        info = log.commit_info(number)
+        payload = read_payload(info) if info is not None else None
         if payload is not None:
             state.apply(payload)
     state.version = version
+
+
+class DeltaLog:
+    """The commit files of one Delta table's log, through delta-rs's own object store
+    (the same ``storage_options`` as the table)."""
+
+    def __init__(self, location: str, storage_options: dict[str, str] | None) -> None:
+        from deltalake.fs import DeltaStorageHandler
+        from pyarrow.fs import PyFileSystem
+
+        self.fs = PyFileSystem(DeltaStorageHandler(location, storage_options))
+
+    def versions(self, upto: int) -> list[int]:
+        """The commit versions still in the log (cleanup removes old ones), up to ``upto``."""
+        from pyarrow.fs import FileSelector
+
+        found = []
+        for entry in self.fs.get_file_info(FileSelector("_delta_log", allow_not_found=True)):
+            name = entry.base_name
+            stem = name[: -len(".json")]
+            if name.endswith(".json") and stem.isdigit() and int(stem) <= upto:
+                found.append(int(stem))
+        return sorted(found)
+
+    def commit_info(self, version: int) -> dict[str, Any] | None:
+        """The ``commitInfo`` of commit ``version`` (None: cleaned up, or none)."""
+        try:
+            with self.fs.open_input_stream(f"_delta_log/{version:020d}.json") as stream:
+                text = stream.read().decode("utf-8")
+        except FileNotFoundError:
+            return None
+        for line in text.splitlines():
+            if '"commitInfo"' in line:
+                action = json.loads(line)
+                if "commitInfo" in action:
+                    info = action["commitInfo"]
+                    return info if isinstance(info, dict) else None
+        return None
 
 
 def build_payload(

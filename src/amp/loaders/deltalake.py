@@ -25,9 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -37,24 +35,21 @@ from deltalake import CommitProperties, DeltaTable, Transaction, WriterPropertie
 from deltalake.exceptions import (
     CommitFailedError,
     DeltaError,
-    DeltaProtocolError,
-    SchemaMismatchError,
-    TableNotFoundError,
 )
 
-from amp.config import number_at_least, typed
 from amp.errors import ConfigError, DestinationError
 from amp.loaders.base import DataLoader, LoadMode
 from amp.loaders.blocks import RANGE_END, RANGE_START
 from amp.loaders.delta_claim import LOCK_DIR, Fence, FileClaim, fence_app_id
-from amp.loaders.delta_state import TableState, build_payload, catch_up
+from amp.loaders.delta_config import KEYS, DeltaErrorClassifier, DeltaSettings
+from amp.loaders.delta_predicate import Pending, between, unit_predicate
+from amp.loaders.delta_state import DeltaLog, TableState, build_payload, catch_up
 from amp.loaders.delta_state import app_id as checkpoint_app_id
 from amp.loaders.delta_store import DeltaDocuments
 from amp.loaders.delta_types import delta_schema, to_delta
 from amp.loaders.ownership import Stream
 from amp.loop.parallel_plan import PLAN_SUFFIX
-from amp.redact import is_secret_key, redact_text, redact_url, register_secret
-from amp.streaming.classify import Classification, ErrorClassifier, ErrorKind
+from amp.redact import redact_text, redact_url
 from amp.streaming.state_documents import CHECKPOINT, DocKey, Document, DocumentStateStore
 from amp.streaming.types import BlockRange
 
@@ -62,55 +57,8 @@ log = logging.getLogger("amp.loaders.deltalake")
 
 PLAN_DIR = "_amp_parallel_plans"
 _TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_COMPRESSIONS = ("UNCOMPRESSED", "SNAPPY", "GZIP", "BROTLI", "LZ4", "ZSTD", "LZ4_RAW")
 _STATE_SCHEMA = pa.schema([pa.field("_amp_state", pa.string())])
-
-
-class DeltaErrorClassifier(ErrorClassifier):
-    """delta-rs's errors by type: a commit conflict (another writer committed first) is
-    transient, the unit is replayed on the new version; protocol and schema errors and
-    a missing table are permanent; anything else by amp's general rules."""
-
-    @classmethod
-    def classify(cls, failure: BaseException | str) -> Classification:
-        current = failure if isinstance(failure, BaseException) else None
-        seen: set[int] = set()
-        while current is not None and id(current) not in seen:
-            seen.add(id(current))
-            if isinstance(current, CommitFailedError):
-                return Classification(ErrorKind.TRANSIENT, "delta commit conflict")
-            if isinstance(current, DeltaProtocolError | SchemaMismatchError | TableNotFoundError):
-                return Classification(ErrorKind.PERMANENT, f"delta {type(current).__name__}")
-            current = current.__cause__ or current.__context__
-        return super().classify(failure)
-
-
-@dataclass
-class _Pending:
-    """One Delta table's part of the open transaction."""
-
-    batches: list[pa.Table] = field(default_factory=list)
-    deletes: list[tuple[str, int, int]] = field(default_factory=list)  # column, start, end
-    clear_after: dict[str, int] = field(default_factory=dict)  # column -> proven empty after
-    committed_deleted: int = 0  # committed rows the deletes remove (delete_blocks counted)
-
-
-def _between(column: str, start: int, end: int) -> ds.Expression:
-    return (ds.field(column) >= start) & (ds.field(column) <= end)
-
-
-def _inside(blocks: pa.ChunkedArray, ranges: list[tuple[int, int]]) -> pa.ChunkedArray:
-    """Which of ``blocks`` lie in one of ``ranges``."""
-    inside = None
-    for start, end in ranges:
-        hit = pc.and_(pc.greater_equal(blocks, start), pc.less_equal(blocks, end))
-        inside = hit if inside is None else pc.or_(inside, hit)
-    assert inside is not None
-    return inside
-
-
-def _sql_name(column: str) -> str:
-    return '"' + column.replace('"', '""') + '"'
+_CONFLICT_RETRIES = 8  # a unit committed again on a newer version before it is replayed
 
 
 class DeltaLakeLoader(DataLoader[dict[str, Any]]):
@@ -122,57 +70,27 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
     transactional = True
     finds_range_starts = True
     error_classifier = DeltaErrorClassifier
-    config_keys = frozenset(
-        {
-            "table_path",
-            "storage_options",
-            "partition_by",
-            "target_file_size",
-            "compression",
-            "configuration",
-            "max_commit_retries",
-            "compact_every",
-        }
-    )
+    config_keys = KEYS
 
     def __init__(self, config: dict[str, Any], connection_name: str = "") -> None:
         super().__init__(config, connection_name)
-        where = "deltalake config"
-        if "table_path" not in self.config:
-            raise ConfigError(
-                f"{where} needs 'table_path': the directory (or object-store URI such as "
-                "s3://bucket/prefix) under which each table is a Delta table"
-            )
-        path = typed(where, "table_path", self.config["table_path"], str)
-        if not path.strip():
-            raise ConfigError(f"{where}['table_path'] is empty; give a directory or a URI")
-        scheme = urllib.parse.urlsplit(path).scheme
-        self.local = scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")
-        if self.local:
-            path = os.path.abspath(path[len("file://") :] if scheme == "file" else path)
-        self.table_path = path.rstrip("/") or "/"
-        self.storage_options = _string_map(where, "storage_options", self.config)
-        for key, value in self.storage_options.items():
-            if is_secret_key(key):
-                register_secret(value)
-        self.configuration = _string_map(where, "configuration", self.config)
-        self.partition_by = _columns(where, self.config.get("partition_by", []))
-        self.target_file_size = _optional_int(where, "target_file_size", self.config, 1)
-        self.max_commit_retries = _optional_int(where, "max_commit_retries", self.config, 0)
-        self.compact_every = _optional_int(where, "compact_every", self.config, 0) or 0
-        self.compression = self.config.get("compression", "SNAPPY")
-        if not isinstance(self.compression, str) or self.compression.upper() not in _COMPRESSIONS:
-            raise ConfigError(
-                f"{where}['compression'] must be one of {', '.join(_COMPRESSIONS)}, "
-                f"got {self.compression!r}"
-            )
-        self.compression = self.compression.upper()
+        settings = DeltaSettings.from_config(self.config)
+        self.local = settings.local
+        self.table_path = settings.table_path
+        self.storage_options = settings.storage_options
+        self.configuration = settings.configuration
+        self.partition_by = settings.partition_by
+        self.target_file_size = settings.target_file_size
+        self.max_commit_retries = settings.max_commit_retries
+        self.compact_every = settings.compact_every
+        self.compression = settings.compression
         self._tables: dict[str, DeltaTable] = {}
         self._states: dict[str, TableState] = {}
-        self._pending: dict[str, _Pending] | None = None
+        self._pending: dict[str, Pending] | None = None
         self._staged: dict[DocKey, Document | None] | None = None
         self._refreshed: set[str] = set()
         self._schemas: dict[str, pa.Schema] = {}
+        self._logs: dict[str, DeltaLog] = {}
         self._claims: dict[Stream, FileClaim | None] = {}
         self._fences: dict[Stream, Fence] = {}
         self._commits = 0
@@ -269,8 +187,10 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
             return state
         version = delta.version()
         if version > state.version:
-            limit = version - state.version if state.version >= 0 else None
-            catch_up(state, delta.history(limit), version)
+            log = self._logs.get(location)
+            if log is None:
+                log = self._logs[location] = DeltaLog(location, self.storage_options or None)
+            catch_up(state, log, version)
         return state
 
     def reload_state(self, table: str) -> None:
@@ -360,12 +280,12 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
         self._staged = {}
         self._refreshed = set()
 
-    def _part(self, table: str) -> _Pending:
+    def _part(self, table: str) -> Pending:
         if self._pending is None:
             raise DestinationError("a Delta write outside begin()/commit()")
         if table not in self._pending:
             self.fresh_table(table)
-        return self._pending.setdefault(table, _Pending())
+        return self._pending.setdefault(table, Pending())
 
     def write(
         self, table: str, batch: pa.RecordBatch, block_range: BlockRange | None = None
@@ -402,17 +322,17 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
             if hits:
                 part.batches[index] = buffered.filter(pc.invert(inside))
                 dropped += hits
-        committed = self._count(table, _between(block_column, start, end), part)
+        committed = self._count(table, between(block_column, start, end), part)
         part.deletes.append((block_column, start, end))
         part.committed_deleted += committed
         return committed + dropped
 
-    def _count(self, table: str, where: ds.Expression, part: _Pending) -> int:
+    def _count(self, table: str, where: ds.Expression, part: Pending) -> int:
         delta = self.table(table, refresh=False)
         if delta is None:
             return 0
         for column, start, end in part.deletes:
-            where = where & ~_between(column, start, end)
+            where = where & ~between(column, start, end)
         dataset = delta.to_pyarrow_dataset()
         return int(dataset.count_rows(filter=where))
 
@@ -452,7 +372,7 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
         finally:
             self._pending = self._staged = None
 
-    def _commit(self, pending: dict[str, _Pending], staged: dict[DocKey, Document | None]) -> None:
+    def _commit(self, pending: dict[str, Pending], staged: dict[DocKey, Document | None]) -> None:
         by_table: dict[str, dict[DocKey, Document | None]] = {}
         for key, document in staged.items():
             by_table.setdefault(self.location(key[3]), {})[key] = document
@@ -465,10 +385,10 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
                 "one table (this is a bug in the caller)"
             )
         for location, name in tables.items():
-            self._commit_table(name, pending.get(name, _Pending()), by_table.get(location, {}))
+            self._commit_table(name, pending.get(name, Pending()), by_table.get(location, {}))
 
     def _commit_table(
-        self, table: str, part: _Pending, staged: dict[DocKey, Document | None]
+        self, table: str, part: Pending, staged: dict[DocKey, Document | None]
     ) -> None:
         delta = self.fresh_table(table)
         if delta is None:
@@ -479,49 +399,39 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
             self._create(table, _STATE_SCHEMA, [])
             delta = self.table(table, refresh=False)
             assert delta is not None
-        self._check_fences(table, delta)
-        properties = self._commit_properties(table, staged)
         rows = [batch for batch in part.batches if len(batch)]
-        before = delta.version()
+        data = pa.concat_tables(rows, promote_options="permissive") if rows else None
         if not part.committed_deleted:
             # Nothing committed to delete (delta-rs makes no commit for a delete that
             # matches no row, and the state must still be committed): an append.
             part.deletes = []
-        try:
-            if part.deletes and rows:
-                data = pa.concat_tables(rows, promote_options="permissive")
-                write_deltalake(
-                    delta,
-                    data,
-                    mode="overwrite",
-                    predicate=self._predicate(table, part, data),
-                    **self._write_options(),
-                    commit_properties=properties,
-                )
-            elif part.deletes:
-                delta.delete(self._predicate(table, part, None), commit_properties=properties)
-            elif rows or staged:
-                data = pa.concat_tables(rows, promote_options="permissive") if rows else None
-                write_deltalake(
-                    delta,
-                    data
-                    if data is not None
-                    else pa.schema(delta.schema().to_arrow()).empty_table(),
-                    mode="append",
-                    **self._write_options(),
-                    commit_properties=properties,
-                )
-            else:
-                return
-        except CommitFailedError as exc:
-            raise DestinationError(
-                f"the Delta commit to {self.describe_table(table)} conflicted with another "
-                f"writer's: {redact_text(str(exc))}; the unit is replayed"
-            ) from exc
-        except DeltaError as exc:
-            raise DestinationError(
-                f"the Delta commit to {self.describe_table(table)} failed: {redact_text(str(exc))}"
-            ) from exc
+        if not (part.deletes or rows or staged):
+            return
+        for attempt in range(_CONFLICT_RETRIES + 1):
+            self._check_fences(table, delta)
+            before = delta.version()
+            try:
+                self._write_unit(table, delta, part, data, staged)
+                break
+            except CommitFailedError as exc:
+                # delta-rs counts every commit as reading the whole table, so another
+                # worker's delete conflicts with this unit's append. The unit's blocks
+                # are its stream's alone: on the new version it is the same commit,
+                # unless what its deletes remove changed (then the unit is replayed).
+                delta.update_incremental()
+                if attempt == _CONFLICT_RETRIES or self._removed(table, part) != (
+                    part.committed_deleted
+                ):
+                    raise DestinationError(
+                        f"the Delta commit to {self.describe_table(table)} conflicted with "
+                        f"another writer's: {redact_text(str(exc))}; the unit is replayed"
+                    ) from exc
+                log.info("Delta commit conflict on %s; committing again on the new version", table)
+            except DeltaError as exc:
+                raise DestinationError(
+                    f"the Delta commit to {self.describe_table(table)} failed: "
+                    f"{redact_text(str(exc))}"
+                ) from exc
         delta.update_incremental()
         if delta.version() == before:
             raise DestinationError(
@@ -531,40 +441,61 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
         for fence in self._fences_of(table):
             fence.expected += 1
         self._commits += 1
-        if self.compact_every and self._commits % self.compact_every == 0 and rows:
+        if self.compact_every and self._commits % self.compact_every == 0 and data is not None:
             self._compact(table, delta)
 
-    def _predicate(self, table: str, part: _Pending, data: pa.Table | None) -> str:
-        """The SQL predicate of the unit's deletes, widened to cover ``data`` only where
-        the table is proven to hold no row outside the deletes (see the module doc)."""
-        column = part.deletes[0][0]
-        ranges = [(start, end) for col, start, end in part.deletes if col == column]
-        if any(col != column for col, _, _ in part.deletes):
-            raise DestinationError("one unit deleted by two block columns")
-        terms = [f"({_sql_name(column)} BETWEEN {start} AND {end})" for start, end in ranges]
-        if data is not None and len(data):
-            outside = pc.invert(_inside(data[column], ranges))
-            loose = data.filter(outside)[column]
-            if len(loose):
-                low, high = int(pc.min(loose).as_py()), int(pc.max(loose).as_py())
-                proven = part.clear_after.get(column)
-                if proven is not None and low > proven:
-                    terms.append(f"({_sql_name(column)} > {proven})")
-                else:
-                    found = self._count(table, _between(column, low, high), part)
-                    if found:
-                        raise DestinationError(
-                            f"{self.describe_table(table)} already holds {found} row(s) of "
-                            f"blocks {low}..{high} that this unit writes without deleting "
-                            "them first; a Delta commit cannot add these rows without "
-                            "deleting those. Enable idempotency, or reset the stream"
-                        )
-                    terms.append(f"({_sql_name(column)} BETWEEN {low} AND {high})")
-        return " OR ".join(terms)
+    def _write_unit(
+        self,
+        table: str,
+        delta: DeltaTable,
+        part: Pending,
+        data: pa.Table | None,
+        staged: Mapping[DocKey, Document | None],
+    ) -> None:
+        """The unit's one commit: overwrite by predicate, delete, or append."""
+        properties = self._commit_properties(table, staged)
+        if part.deletes and data is not None:
+            predicate = self._predicate(table, part, data)
+            write_deltalake(
+                delta,
+                data,
+                mode="overwrite",
+                predicate=predicate,
+                **self._write_options(),
+                commit_properties=properties,
+            )
+        elif part.deletes:
+            delta.delete(self._predicate(table, part, None), commit_properties=properties)
+        else:
+            empty = pa.schema(delta.schema().to_arrow()).empty_table()
+            write_deltalake(
+                delta,
+                data if data is not None else empty,
+                mode="append",
+                **self._write_options(),
+                commit_properties=properties,
+            )
+
+    def _removed(self, table: str, part: Pending) -> int:
+        """The committed rows the unit's deletes match now."""
+        if not part.deletes:
+            return 0
+        where = None
+        for column, start, end in part.deletes:
+            term = between(column, start, end)
+            where = term if where is None else where | term
+        assert where is not None
+        return self._count(table, where, Pending())
+
+    def _predicate(self, table: str, part: Pending, data: pa.Table | None) -> str:
+        def count(low: int, high: int) -> int:
+            return self._count(table, between(part.deletes[0][0], low, high), part)
+
+        return unit_predicate(part, data, count, self.describe_table(table))
 
     def _write_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {
-            "writer_properties": WriterProperties(compression=self.compression)
+            "writer_properties": WriterProperties(compression=self.compression)  # type: ignore[arg-type]
         }
         if self.target_file_size is not None:
             options["target_file_size"] = self.target_file_size
@@ -616,34 +547,3 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
     def state_store(self, prefix: str) -> DocumentStateStore:
         """Checkpoints and processed ranges inside the table's commits (``delta_state``)."""
         return DocumentStateStore(DeltaDocuments(self), prefix)
-
-
-def _string_map(where: str, key: str, config: Mapping[str, Any]) -> dict[str, str]:
-    value = config.get(key, {})
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise ConfigError(
-            f"{where}[{key!r}] must be a mapping of text keys to text values "
-            f"(delta-rs takes them as strings), got a {type(value).__name__}"
-        )
-    return dict(value)
-
-
-def _columns(where: str, value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(
-            f"{where}['partition_by'] must be a column name or a list of column names, "
-            f"got {value!r}"
-        )
-    return list(value)
-
-
-def _optional_int(where: str, key: str, config: Mapping[str, Any], minimum: int) -> int | None:
-    if key not in config:
-        return None
-    value = typed(where, key, config[key], int)
-    number_at_least(where, key, value, minimum)
-    return int(value)
