@@ -66,3 +66,33 @@ def test_reorg_commit_removes_exactly_the_replaced_rows(tmp_path: Path) -> None:
         assert delete["operationMetrics"]["num_deleted_rows"] == reorg.rows_replaced
         assert reorg.rows_replaced > 0
         assert_exact(tmp_path, server.chain)
+
+
+def test_a_replayed_range_already_committed_is_skipped(tmp_path: Path) -> None:
+    """Idempotency without checkpoints: a second load from block 0 finds every range in
+    the table's commits and skips it; the table gets no new rows and no data commit."""
+    config = delta_config(tmp_path, idempotency=True)
+    connection = unique("di")
+    with DevServer(port=0, seed=SEED, initial_blocks=40, max_interval=MAX_INTERVAL) as server:
+        first = load_to_head(server, connection, "deltalake", config, TABLE)
+        assert first.loads(), "the first load loaded nothing"
+        before = DeltaTable(f"{tmp_path}/{TABLE}")
+        files, version = sorted(before.file_uris()), before.version()
+        again = load_to_head(server, connection, "deltalake", config, TABLE)
+        assert not again.loads(), f"ranges loaded again: {again.ranges()}"
+        assert len(again.of("skip_duplicate")) == len(first.loads())
+        after = DeltaTable(f"{tmp_path}/{TABLE}")
+        assert sorted(after.file_uris()) == files, "a skipped range changed the data files"
+        added = [h for h in after.history(after.version() - version) if h["operation"] != "WRITE"]
+        assert not added, added
+        assert_exact(tmp_path, server.chain)
+
+
+def test_overwrite_replaces_the_table(tmp_path: Path) -> None:
+    """mode='overwrite': the second load starts from an empty table (one overwrite
+    commit), and ends with exactly the canonical rows."""
+    with DevServer(port=0, seed=SEED, initial_blocks=40, max_interval=MAX_INTERVAL) as server:
+        config = delta_config(tmp_path)
+        load_to_head(server, unique("do"), "deltalake", config, TABLE)
+        load_to_head(server, unique("do"), "deltalake", config, TABLE, mode="overwrite")
+        assert_exact(tmp_path, server.chain)

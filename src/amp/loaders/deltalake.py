@@ -241,6 +241,8 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
         have = set(pa.schema(delta.schema().to_arrow()).names)
         absent = [name for name in wanted.names if name not in have]
         if mode is LoadMode.OVERWRITE:
+            # One commit removing every row, carrying the state like any other.
+            self._check_fences(table, delta)
             write_deltalake(
                 delta,
                 wanted.empty_table(),
@@ -249,6 +251,8 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
                 partition_by=self.partition_by or None,
                 commit_properties=self._commit_properties(table, {}),
             )
+            for fence in self._fences_of(table):
+                fence.expected += 1
         elif absent:
             raise ConfigError(
                 f"the Delta table {redact_url(self.location(table))} has no column(s) "
