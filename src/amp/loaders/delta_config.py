@@ -21,6 +21,7 @@ from deltalake.exceptions import (
 
 from amp.config import number_at_least, typed
 from amp.errors import ConfigError
+from amp.loaders.delta_state import StateLostError
 from amp.redact import is_secret_key, register_secret
 from amp.streaming.classify import Classification, ErrorClassifier, ErrorKind
 
@@ -42,8 +43,9 @@ KEYS = frozenset(
 
 class DeltaErrorClassifier(ErrorClassifier):
     """delta-rs's errors by type: a commit conflict (another writer committed first) is
-    transient, the unit is replayed on the new version; protocol and schema errors and
-    a missing table are permanent; anything else by amp's general rules."""
+    transient, the unit is replayed on the new version; protocol and schema errors, a
+    missing table and a checkpoint lost to log cleanup are permanent; anything else by
+    amp's general rules."""
 
     @classmethod
     def classify(cls, failure: BaseException | str) -> Classification:
@@ -53,6 +55,8 @@ class DeltaErrorClassifier(ErrorClassifier):
             seen.add(id(current))
             if isinstance(current, CommitFailedError):
                 return Classification(ErrorKind.TRANSIENT, "delta commit conflict")
+            if isinstance(current, StateLostError):
+                return Classification(ErrorKind.PERMANENT, "delta state lost")
             if isinstance(current, DeltaProtocolError | SchemaMismatchError | TableNotFoundError):
                 return Classification(ErrorKind.PERMANENT, f"delta {type(current).__name__}")
             current = current.__cause__ or current.__context__

@@ -86,9 +86,10 @@ class TableState:
                 f"the Delta table's log says checkpoint {key[2]!r}/{key[3]!r} worker "
                 f"{key[4]} was saved (version {txn_version} of {app_id(key)}), but no commit "
                 "left in the log holds it (log cleanup removed it: delta.logRetentionDuration). "
-                "Resuming from an older point would be wrong. Run `amp checkpoints reset "
-                f"--table {key[3]}` to start this stream again (its rows are replaced range "
-                "by range), or restore the log"
+                "Resuming from an older point would be wrong, and Delta keeps the txn, so "
+                "this stream cannot start again in this table: load under another "
+                "connection name with idempotency on (each range's rows are replaced), or "
+                "into another table, or restore the log's commit files"
             )
         return None if held is None else held[1]
 
