@@ -96,3 +96,21 @@ def test_overwrite_replaces_the_table(tmp_path: Path) -> None:
         load_to_head(server, unique("do"), "deltalake", config, TABLE)
         load_to_head(server, unique("do"), "deltalake", config, TABLE, mode="overwrite")
         assert_exact(tmp_path, server.chain)
+
+
+def test_a_partitioned_table_through_reorgs_is_exact(tmp_path: Path) -> None:
+    """partition_by: the table is created partitioned (a directory per value), and
+    reorgs delete only inside the partitions of the replaced blocks."""
+    query = "SELECT *, CAST(block_num / 20 AS BIGINT) AS bucket FROM eth_firehose.logs"
+    config = delta_config(tmp_path, checkpoint=True, partition_by=["bucket"])
+    actions: list[Action] = [Reorg(4), Mine(3), Reorg(25)]
+    with DevServer(port=0, seed=SEED, initial_blocks=60, max_interval=MAX_INTERVAL) as server:
+        driven = load_to_head(
+            server, unique("dp"), "deltalake", config, TABLE, actions, query=query
+        )
+        assert_reorgs_reported(driven, [a for a in actions if isinstance(a, Reorg)])
+        assert_exact(tmp_path, server.chain)
+    table = DeltaTable(f"{tmp_path}/{TABLE}")
+    assert table.metadata().partition_columns == ["bucket"]
+    buckets = {int(p["bucket"]) for p in table.partitions()}
+    assert buckets == set(range(0, max(buckets) + 1)) and len(buckets) > 2

@@ -122,12 +122,13 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
             raise ConfigError(
                 "listing every table needs a local table_path; name the table (--table)"
             )
-        for directory, suffix in ((self.table_path, ""), (f"{self.table_path}/{PLAN_DIR}", "")):
+        plans = os.path.join(self.table_path, PLAN_DIR)
+        for directory, suffix in ((self.table_path, ""), (plans, PLAN_SUFFIX)):
             if not os.path.isdir(directory):
                 continue
             for name in sorted(os.listdir(directory)):
                 if os.path.isdir(os.path.join(directory, name, "_delta_log")):
-                    found.append(name + (PLAN_SUFFIX if directory.endswith(PLAN_DIR) else suffix))
+                    found.append(name + suffix)
         return found
 
     # -- connection ---------------------------------------------------------------------
