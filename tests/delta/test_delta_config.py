@@ -165,3 +165,14 @@ def test_the_fence_stops_a_writer_whose_stream_another_load_wrote(tmp_path: Path
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize("mode", ["auto", "transactional"])
+def test_the_idempotency_mode_is_transactional(tmp_path: Path, mode: str) -> None:
+    client = Client("grpc://127.0.0.1:1")  # configure only: nothing is contacted
+    try:
+        config = {**delta_config(tmp_path), "idempotency": {"enabled": True, "mode": mode}}
+        client.configure_connection("dest", "deltalake", config)
+        assert client._get_loader("dest").idempotency_mode == "transactional"
+    finally:
+        client.close()

@@ -114,3 +114,22 @@ def test_a_partitioned_table_through_reorgs_is_exact(tmp_path: Path) -> None:
     assert table.metadata().partition_columns == ["bucket"]
     buckets = {int(p["bucket"]) for p in table.partitions()}
     assert buckets == set(range(0, max(buckets) + 1)) and len(buckets) > 2
+
+
+def test_compact_every_keeps_the_file_count_down(tmp_path: Path) -> None:
+    """compact_every=3 with commit grouping off: the load compacts as it goes, so the
+    table ends with far fewer files than commits, and the rows stay exact (compaction
+    commits carry no state and change no row)."""
+    config = {
+        **delta_config(tmp_path, checkpoint=True, compact_every=3),
+        "commit_grouping": {"enabled": False},
+    }
+    with DevServer(port=0, seed=SEED, initial_blocks=80, max_interval=5) as server:
+        driven = load_to_head(server, unique("dz"), "deltalake", config, TABLE, [Reorg(4)])
+        assert_exact(tmp_path, server.chain)
+    table = DeltaTable(f"{tmp_path}/{TABLE}")
+    history = table.history()
+    compactions = [h for h in history if h["operation"] == "OPTIMIZE"]
+    assert compactions, "no compaction ran"
+    assert all("amp" not in h for h in compactions)
+    assert len(table.file_uris()) < len(driven.loads()) / 2, len(table.file_uris())
