@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 from deltalake import DeltaTable
 
@@ -48,6 +49,20 @@ def assert_exact(
     return assert_equals_canonical(
         rows, chain, "logs", ROW_COLUMNS, 2, f"Delta table {table}", upto=upto, blocks=blocks
     )
+
+
+def read_with_duckdb(table_path: Path | str, table: str = TABLE) -> pa.Table:
+    """The table's rows read by DuckDB's own Parquet reader over the files of the
+    latest version as delta-rs lists them (DuckDB's delta extension needs a download;
+    its Parquet reader is built in). An independent reader of the data files."""
+    files = DeltaTable(f"{table_path}/{table}").file_uris()
+    connection = duckdb.connect()
+    try:
+        return connection.sql(
+            "SELECT * FROM read_parquet($files)", params={"files": files}
+        ).to_arrow_table()
+    finally:
+        connection.close()
 
 
 def amp_commits(table_path: Path | str, table: str = TABLE) -> list[dict[str, Any]]:

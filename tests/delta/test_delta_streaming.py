@@ -8,11 +8,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from delta_support import TABLE, amp_commits, assert_exact, delta_config, read_table
+from delta_support import (
+    ROW_COLUMNS,
+    TABLE,
+    amp_commits,
+    assert_exact,
+    delta_config,
+    read_table,
+    read_with_duckdb,
+)
 from deltalake import DeltaTable
 
 from amp.devserver import DevServer
 from kit import Action, Mine, Reorg, assert_reorgs_reported, load_to_head, unique
+from kit.chain import arrow_rows, assert_equals_canonical
 
 SEED = 1
 MAX_INTERVAL = 10
@@ -38,6 +47,8 @@ def test_streaming_load_through_reorgs_is_exact(
         assert_reorgs_reported(driven, reorgs)
         assert any(reorg.rows_replaced > 0 for reorg in reorgs), "no reorg replaced any row"
         assert_exact(tmp_path, server.chain)
+        duckdb_rows = arrow_rows(read_with_duckdb(tmp_path), ROW_COLUMNS)
+        assert_equals_canonical(duckdb_rows, server.chain, "logs", ROW_COLUMNS, 2, "DuckDB")
 
     # One commit per result that changed the table, each carrying amp's state.
     history = DeltaTable(f"{tmp_path}/{TABLE}").history()
