@@ -1,12 +1,17 @@
-"""The Delta loader's settings, each checked at configure time, and its error classes.
+"""The Delta loader's settings, each checked at configure time; its error classes; and
+where its tables are under ``table_path``.
 
 Why here: ``configure_connection`` builds the loader, so a bad value fails there with a
 ConfigError naming the key and the fix, long before a load reaches the table.
+
+Layout: table ``t`` is the Delta table ``<table_path>/t``; a parallel load's plan
+(``t/parallel-plan``) is the state-only Delta table ``<table_path>/_amp_parallel_plans/t``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,10 +27,13 @@ from deltalake.exceptions import (
 from amp.config import number_at_least, typed
 from amp.errors import ConfigError
 from amp.loaders.delta_state import StateLostError
+from amp.loop.parallel_plan import PLAN_SUFFIX
 from amp.redact import is_secret_key, register_secret
 from amp.streaming.classify import Classification, ErrorClassifier, ErrorKind
 
 WHERE = "deltalake config"
+PLAN_DIR = "_amp_parallel_plans"
+_TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 COMPRESSIONS = ("UNCOMPRESSED", "SNAPPY", "GZIP", "BROTLI", "LZ4", "ZSTD", "LZ4_RAW")
 KEYS = frozenset(
     {
@@ -141,3 +149,29 @@ def _optional_int(key: str, config: Mapping[str, Any], minimum: int) -> int | No
     value = typed(WHERE, key, config[key], int)
     number_at_least(WHERE, key, value, minimum)
     return int(value)
+
+
+def table_location(table_path: str, table: str) -> str:
+    """Where ``table`` lives under ``table_path`` (see the module doc)."""
+    plan = table.endswith(PLAN_SUFFIX)
+    name = table[: -len(PLAN_SUFFIX)] if plan else table
+    if not _TABLE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"the Delta loader names a table's directory after it, so {name!r} must be "
+            "letters, digits, '_', '.' or '-' (not starting with '_' or '.')"
+        )
+    parts = [table_path, PLAN_DIR, name] if plan else [table_path, name]
+    return "/".join(part.rstrip("/") for part in parts)
+
+
+def local_tables(table_path: str) -> list[str]:
+    """Every amp table in a local ``table_path`` (plan tables as ``t/parallel-plan``)."""
+    found: list[str] = []
+    plans = os.path.join(table_path, PLAN_DIR)
+    for directory, suffix in ((table_path, ""), (plans, PLAN_SUFFIX)):
+        if not os.path.isdir(directory):
+            continue
+        for name in sorted(os.listdir(directory)):
+            if os.path.isdir(os.path.join(directory, name, "_delta_log")):
+                found.append(name + suffix)
+    return found

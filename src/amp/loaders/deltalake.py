@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,22 +40,25 @@ from amp.errors import ConfigError, DestinationError
 from amp.loaders.base import DataLoader, LoadMode
 from amp.loaders.blocks import RANGE_END, RANGE_START
 from amp.loaders.delta_claim import LOCK_DIR, Fence, FileClaim, fence_app_id
-from amp.loaders.delta_config import KEYS, DeltaErrorClassifier, DeltaSettings
+from amp.loaders.delta_config import (
+    KEYS,
+    DeltaErrorClassifier,
+    DeltaSettings,
+    local_tables,
+    table_location,
+)
 from amp.loaders.delta_predicate import Pending, between, unit_predicate
 from amp.loaders.delta_state import DeltaLog, TableState, build_payload, catch_up
 from amp.loaders.delta_state import app_id as checkpoint_app_id
 from amp.loaders.delta_store import DeltaDocuments
 from amp.loaders.delta_types import delta_schema, to_delta
 from amp.loaders.ownership import Stream
-from amp.loop.parallel_plan import PLAN_SUFFIX
 from amp.redact import redact_text, redact_url
 from amp.streaming.state_documents import CHECKPOINT, DocKey, Document, DocumentStateStore
 from amp.streaming.types import BlockRange
 
 log = logging.getLogger("amp.loaders.deltalake")
 
-PLAN_DIR = "_amp_parallel_plans"
-_TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _STATE_SCHEMA = pa.schema([pa.field("_amp_state", pa.string())])
 _CONFLICT_RETRIES = 8  # a unit committed again on a newer version before it is replayed
 
@@ -105,31 +107,15 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
 
     def location(self, table: str) -> str:
         """The Delta table that holds ``table`` (a plan table: its state-only table)."""
-        plan = table.endswith(PLAN_SUFFIX)
-        name = table[: -len(PLAN_SUFFIX)] if plan else table
-        if not _TABLE_NAME.fullmatch(name) or name in (".", ".."):
-            raise ConfigError(
-                f"the Delta loader names a table's directory after it, so {name!r} must be "
-                "letters, digits, '_', '.' or '-' (not starting with '_' or '.')"
-            )
-        parts = [self.table_path, PLAN_DIR, name] if plan else [self.table_path, name]
-        return "/".join(part.rstrip("/") for part in parts)
+        return table_location(self.table_path, table)
 
     def table_names(self) -> list[str]:
         """Every amp table under ``table_path`` (plan tables as ``t/parallel-plan``)."""
-        found: list[str] = []
         if not self.local:
             raise ConfigError(
                 "listing every table needs a local table_path; name the table (--table)"
             )
-        plans = os.path.join(self.table_path, PLAN_DIR)
-        for directory, suffix in ((self.table_path, ""), (plans, PLAN_SUFFIX)):
-            if not os.path.isdir(directory):
-                continue
-            for name in sorted(os.listdir(directory)):
-                if os.path.isdir(os.path.join(directory, name, "_delta_log")):
-                    found.append(name + suffix)
-        return found
+        return local_tables(self.table_path)
 
     # -- connection ---------------------------------------------------------------------
 
