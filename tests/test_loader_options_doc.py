@@ -51,6 +51,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "duckdb": {},
     "redis": {},
     "kafka": {"bootstrap_servers": "localhost:9092"},
+    "deltalake": {"table_path": "/tmp/amp-options-doc"},
 }
 SECTIONS: dict[str, type] = {
     "resilience.retry": RetryConfig,
@@ -165,11 +166,22 @@ def _kafka(loader: Any) -> dict[str, Any]:
     }
 
 
+def _deltalake(loader: Any) -> dict[str, Any]:
+    return {
+        "storage_options": loader.storage_options,
+        "partition_by": loader.partition_by,
+        "compression": loader.compression,
+        "configuration": loader.configuration,
+        "compact_every": loader.compact_every,
+    }
+
+
 EFFECTIVE: dict[str, Callable[[Any], dict[str, Any]]] = {
     "postgresql": _postgresql,
     "duckdb": _duckdb,
     "redis": _redis,
     "kafka": _kafka,
+    "deltalake": _deltalake,
 }
 
 

@@ -18,7 +18,11 @@ EXAMPLES = {
     "duckdb": "duckdb:///path/to/file.db",
     "redis": "redis://localhost:6379/0",
     "kafka": "kafka://localhost:9092/mytopic",
+    "deltalake": "deltalake:///abs/path/to/tables",
 }
+# deltalake+<store>://bucket/prefix: Delta tables in an object store (storage_options
+# come from the connection config, never the URL).
+_DELTA_STORES = frozenset({"s3", "s3a", "gs", "az", "abfs", "abfss", "file"})
 # libpq connection parameters a postgresql:// URL may carry as ?key=value.
 _POSTGRESQL_PARAMS = frozenset(
     {
@@ -74,7 +78,8 @@ def _single_path_part(url: str, scheme: str, path: str, what: str) -> str:
 
 def destination_from_url(url: str) -> tuple[str, dict[str, Any]]:
     """A destination URL → (loader, config): ``postgresql://user:pass@host:port/db``,
-    ``duckdb:///path.db``, ``redis://host:port/db`` or ``kafka://host:port/topic``."""
+    ``duckdb:///path.db``, ``redis://host:port/db``, ``kafka://host:port/topic`` or
+    ``deltalake:///abs/path`` (``deltalake+s3://bucket/prefix``)."""
     parsed = urllib.parse.urlsplit(url)
     scheme = parsed.scheme.lower()
     if parsed.fragment:
@@ -122,6 +127,31 @@ def destination_from_url(url: str) -> tuple[str, dict[str, Any]]:
         if producer_config:
             config["producer_config"] = producer_config
         return "kafka", config
+    if scheme == "deltalake" or scheme.startswith("deltalake+"):
+        return "deltalake", {"table_path": _delta_path(url, scheme, parsed)}
     raise ConfigError(
         f"unsupported destination URL {redact_url(url)!r}; use {', '.join(EXAMPLES.values())}"
     )
+
+
+def _delta_path(url: str, scheme: str, parsed: urllib.parse.SplitResult) -> str:
+    """``deltalake:///abs/path`` → ``/abs/path``; ``deltalake+s3://bucket/prefix`` →
+    ``s3://bucket/prefix``: the directory under which table ``t`` is ``<path>/t``."""
+    if parsed.query:
+        raise _fail(url, "deltalake", f"unknown URL parameters {parsed.query!r}")
+    store = scheme.partition("+")[2]
+    if store:
+        if store not in _DELTA_STORES:
+            known = ", ".join(sorted(_DELTA_STORES))
+            raise _fail(url, "deltalake", f"unknown object store {store!r} (known: {known})")
+        if not parsed.netloc:
+            raise _fail(url, "deltalake", "the bucket is missing")
+        return f"{store}://{parsed.netloc}{parsed.path}"
+    if parsed.netloc:
+        raise _fail(
+            url, "deltalake", f"{parsed.netloc!r} is not a path: write deltalake:///abs/path"
+        )
+    path = urllib.parse.unquote(parsed.path)
+    if not path.startswith("/") or path == "/":
+        raise _fail(url, "deltalake", "give an absolute directory, deltalake:///abs/path")
+    return path

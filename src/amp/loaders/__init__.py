@@ -27,6 +27,14 @@ __all__ = [
 for _built_in in (PostgreSQLLoader, DuckDBLoader, RedisLoader, KafkaLoader):
     register_built_in(_built_in)
 
+try:  # the 'delta' extra (delta-rs)
+    from amp.loaders.deltalake import DeltaLakeLoader as _Delta
+except ImportError as _missing:
+    if _missing.name != "deltalake":
+        raise
+    from amp.loaders.delta_extra import DeltaLakeNotInstalled as _Delta  # type: ignore[assignment]
+register_built_in(_Delta)
+
 
 def describe_destination(loader: DataLoader[Any], table: str) -> str:
     """Where a load's rows go, for the line logged at its start: the destination with its

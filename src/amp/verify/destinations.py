@@ -6,9 +6,9 @@ amp's loaders index) in batches. DuckDB hands back Arrow batches natively; Postg
 rows come through a server-side cursor and are turned into Arrow columns, whose values
 ``amp.verify.rowhash`` then puts in the same canonical form as the server's.
 
-PostgreSQL and DuckDB are supported. Redis and Kafka keep rows as hashes or messages
-with no range query over the block, so ``open_destination`` refuses them, naming the
-destinations it can verify.
+PostgreSQL, DuckDB and Delta Lake (``amp.verify.delta_side``) are supported. Redis and
+Kafka keep rows as hashes or messages with no range query over the block, so
+``open_destination`` refuses them, naming the destinations it can verify.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from amp.errors import ConfigError, DestinationError
 from amp.redact import redact_text
 from amp.verify.source import quote
 
-SUPPORTED = ("postgresql", "duckdb")
+SUPPORTED = ("postgresql", "duckdb", "deltalake")
 _BATCH_ROWS = 50_000
 
 
@@ -197,6 +197,10 @@ def open_destination(url: str) -> DestinationSide:
         return PostgreSQLSide(config["dsn"])
     if loader == "duckdb":
         return DuckDBSide(config["database"])
+    if loader == "deltalake":
+        from amp.verify.delta_side import DeltaSide  # delta-rs: the 'delta' extra
+
+        return DeltaSide(config["table_path"])
     raise ConfigError(
         f"amp verify compares {' and '.join(SUPPORTED)} destinations; {loader} is not "
         "supported yet (its rows cannot be read back by block range)"
