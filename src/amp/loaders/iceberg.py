@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 from amp.errors import ConfigError, DestinationError
 from amp.loaders.base import DataLoader, LoadMode
 from amp.loaders.blocks import RANGE_END, RANGE_START
-from amp.loaders.iceberg_claims import StreamClaims
+from amp.loaders.iceberg_claims import StreamClaims, sqlite_path
 from amp.loaders.iceberg_config import IcebergSettings, settings, table_identifier
 from amp.loaders.iceberg_errors import IcebergErrorClassifier, failure
 from amp.loaders.iceberg_state import CommitState, SummaryLog, data_table, is_plan
@@ -158,6 +158,9 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
             return
         from pyiceberg.catalog import load_catalog
 
+        database = sqlite_path(self.settings.sql_uri) if self.settings.sql_uri else None
+        if database is not None:  # SQLite creates the file, not its directory
+            database.parent.mkdir(parents=True, exist_ok=True)
         try:
             catalog = load_catalog(self.settings.catalog_name, **self.settings.catalog)
             catalog.create_namespace_if_not_exists(self.settings.namespace)

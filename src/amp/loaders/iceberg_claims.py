@@ -103,7 +103,8 @@ class _PgLock:
                 conn.close()
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a SQLite SQLAlchemy URI (None for another database)."""
     from sqlalchemy.engine import make_url
 
     url = make_url(uri)
@@ -153,7 +154,7 @@ class StreamClaims:
         # default namespaces that write one table still meet on one lock.
         keyed = Stream(f"iceberg:{stream.connection}", ".".join(identifier), stream.worker)
         if self.sql_uri is not None:
-            database = _sqlite_path(self.sql_uri)
+            database = sqlite_path(self.sql_uri)
             if database is not None:
                 digest = f"{keyed.lock_key('iceberg') & 0xFFFF_FFFF_FFFF_FFFF:016x}"
                 path = database.with_name(f"{database.name}.amp-stream-{digest}.lock")

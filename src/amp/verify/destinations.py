@@ -9,6 +9,8 @@ rows come through a server-side cursor and are turned into Arrow columns, whose 
 PostgreSQL and DuckDB are supported. Redis and Kafka keep rows as hashes or messages
 with no range query over the block, so ``open_destination`` refuses them, naming the
 destinations it can verify.
+
+Iceberg tables are read by ``amp.verify.iceberg_side`` (imported only for them).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from amp.errors import ConfigError, DestinationError
 from amp.redact import redact_text
 from amp.verify.source import quote
 
-SUPPORTED = ("postgresql", "duckdb")
+SUPPORTED = ("postgresql", "duckdb", "iceberg")
 _BATCH_ROWS = 50_000
 
 
@@ -197,6 +199,10 @@ def open_destination(url: str) -> DestinationSide:
         return PostgreSQLSide(config["dsn"])
     if loader == "duckdb":
         return DuckDBSide(config["database"])
+    if loader == "iceberg":
+        from amp.verify.iceberg_side import IcebergSide  # the iceberg extra
+
+        return IcebergSide(config)
     raise ConfigError(
         f"amp verify compares {' and '.join(SUPPORTED)} destinations; {loader} is not "
         "supported yet (its rows cannot be read back by block range)"
