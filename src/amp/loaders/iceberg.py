@@ -26,7 +26,6 @@ new checkpoint.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -422,6 +421,7 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
                 self._commit_once(current, table, unit, rows, state)
                 return
             except CommitFailedException as exc:
+                self._tables.pop(table, None)
                 if attempt == attempts:
                     raise failure(
                         f"committing to {self.describe_table(table)} ({attempts} attempts, "
@@ -430,6 +430,9 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
                     ) from exc
                 log.debug("Commit to %s lost a race (attempt %d); rebuilding", table, attempt)
             except Exception as exc:
+                # The cached metadata may be behind the table now (a commit whose outcome
+                # is unknown may have landed): the replay reads it again.
+                self._tables.pop(table, None)
                 raise failure(f"committing to {self.describe_table(table)}", exc) from exc
 
     def _commit_once(
@@ -442,8 +445,10 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
             condition = _between(*unit.deletes[0])
             for column, start, end in unit.deletes[1:]:
                 condition = Or(condition, _between(column, start, end))
-            with warnings.catch_warnings():  # "did not match any records": fine here
-                warnings.simplefilter("ignore")
+            # Only when a data file may hold such rows (its column statistics say so):
+            # a pre-delete of new blocks then costs nothing, and pyiceberg does not warn
+            # of a delete that matched nothing.
+            if any(True for _ in current.scan(row_filter=condition).plan_files()):
                 txn.delete(condition)
         if rows is None:
             schema = self._schemas.get(table) or current.schema().as_arrow()
