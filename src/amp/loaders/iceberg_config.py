@@ -144,15 +144,11 @@ def _check_sql_catalog(catalog: dict[str, str]) -> None:
         ) from None
     if url.password:
         register_secret(str(url.password))
-    if url.get_backend_name() == "postgresql" and url.get_driver_name() not in ("psycopg", ""):
+    driver = url.drivername.partition("+")[2]
+    if url.get_backend_name() == "postgresql" and driver not in ("psycopg", ""):
         raise ConfigError(
-            f"{WHERE}['catalog_config']['uri'] uses the driver {url.get_driver_name()!r}; "
-            "amp ships psycopg 3: write 'postgresql+psycopg://...'"
-        )
-    if url.get_backend_name() == "postgresql" and url.get_driver_name() == "":
-        raise ConfigError(
-            f"{WHERE}['catalog_config']['uri'] needs the driver: write "
-            "'postgresql+psycopg://...' (SQLAlchemy's default, psycopg2, is not installed)"
+            f"{WHERE}['catalog_config']['uri'] uses the driver {driver!r}; amp ships "
+            "psycopg 3: write 'postgresql+psycopg://...'"
         )
     if not catalog.get("warehouse"):
         raise ConfigError(
