@@ -55,6 +55,9 @@ log = logging.getLogger("amp.loaders.iceberg")
 
 # Set on every table amp creates or loads into (see the module docstring).
 NO_PYICEBERG_RETRIES = {"commit.retry.num-retries": "0"}
+# Defaults of a table amp creates (``table_properties`` override them): merge manifests,
+# so that a table of many small commits keeps few manifests to read per scan and commit.
+CREATED_TABLE_DEFAULTS = {"commit.manifest-merge.enabled": "true"}
 
 
 @dataclass
@@ -65,6 +68,16 @@ class _Unit:
     rows: list[pa.Table] = field(default_factory=list)
     deletes: list[tuple[str, int, int]] = field(default_factory=list)
     documents: dict[DocKey, Document | None] = field(default_factory=dict)
+    # The snapshot the deletes were counted on, and whether it held any of their rows:
+    # a commit built on that same snapshot need not plan a delete that removes nothing.
+    counted_on: int | None = None
+    counted_rows: bool = False
+
+    def deletes_nothing_on(self, snapshot_id: int | None) -> bool:
+        """Whether the deletes are known to match no row of snapshot ``snapshot_id``."""
+        if snapshot_id is None:
+            return True  # a table without a snapshot has no rows
+        return self.counted_on == snapshot_id and not self.counted_rows
 
     def use(self, table: str) -> None:
         if self.table not in (None, table):
@@ -133,6 +146,7 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
         self._logs: dict[str, SummaryLog] = {}
         self._schemas: dict[str, pa.Schema] = {}
         self._unit: _Unit | None = None
+        self._contended: set[str] = set()  # tables other writers commit to meanwhile
         self._claims = StreamClaims(self.settings.sql_uri, self.describe())
 
     def describe(self) -> str:
@@ -256,7 +270,11 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
     def _create(self, table: str, target: pa.Schema) -> Table:
         from pyiceberg.exceptions import TableAlreadyExistsError
 
-        properties = {**self.settings.table_properties, **NO_PYICEBERG_RETRIES}
+        properties = {
+            **CREATED_TABLE_DEFAULTS,
+            **self.settings.table_properties,
+            **NO_PYICEBERG_RETRIES,
+        }
         identifier = self.identifier(table)
         try:
             txn = self.catalog.create_table_transaction(identifier, target, properties=properties)
@@ -333,9 +351,16 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
         pending = [(s, e) for column, s, e in unit.deletes if column == block_column]
         deleted = 0
         committed = self.table(table)
-        if committed is not None and committed.current_snapshot() is not None:
+        snapshot = committed.current_snapshot() if committed is not None else None
+        snapshot_id = snapshot.snapshot_id if snapshot is not None else None
+        if committed is not None and snapshot is not None:
             values = self._scan_column(committed, block_column, _between(block_column, start, end))
             deleted += int(pc.sum(pc.cast(_outside(values, pending), pa.int64())).as_py() or 0)
+            unit.counted_rows = unit.counted_rows or len(values) > 0
+        if not unit.deletes:
+            unit.counted_on = snapshot_id
+        elif unit.counted_on != snapshot_id:
+            unit.counted_on = None  # counted on two snapshots: the commit plans the delete
         kept: list[pa.Table] = []
         for rows in unit.rows:
             blocks = rows.column(block_column).combine_chunks()
@@ -412,7 +437,10 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
         rows = pa.concat_tables(unit.rows) if unit.rows else None
         attempts = self.settings.commit_retries + 1
         for attempt in range(1, attempts + 1):
-            current = self.table(table, refresh=True)
+            # The first attempt is built on the metadata this loader last saw (the catalog
+            # refuses it if another commit came since), unless other writers commit to
+            # this table too (a race was lost before): then on the catalog's latest.
+            current = self.table(table, refresh=attempt > 1 or table in self._contended)
             if current is None:
                 raise DestinationError(
                     f"{self.describe_table(table)} does not exist (dropped while loading?)"
@@ -422,6 +450,7 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
                 return
             except CommitFailedException as exc:
                 self._tables.pop(table, None)
+                self._contended.add(table)
                 if attempt == attempts:
                     raise failure(
                         f"committing to {self.describe_table(table)} ({attempts} attempts, "
@@ -441,7 +470,8 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
         from pyiceberg.expressions import Or
 
         txn = current.transaction()
-        if unit.deletes:
+        base = current.current_snapshot()
+        if unit.deletes and not unit.deletes_nothing_on(base.snapshot_id if base else None):
             condition = _between(*unit.deletes[0])
             for column, start, end in unit.deletes[1:]:
                 condition = Or(condition, _between(column, start, end))
