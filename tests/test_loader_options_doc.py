@@ -177,6 +177,7 @@ def _iceberg(loader: Any) -> dict[str, Any]:
         "table_properties": settings.table_properties,
         "timestamp_ns": settings.timestamp_ns,
         "commit_retries": settings.commit_retries,
+        "max_snapshots": settings.max_snapshots,
     }
 
 

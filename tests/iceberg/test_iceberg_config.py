@@ -39,6 +39,7 @@ SQLITE = {"type": "sql", "uri": "sqlite:////tmp/never/catalog.db", "warehouse": 
         ({"catalog_config": SQLITE, "timestamp_ns": "round"}, "'truncate'"),
         ({"catalog_config": SQLITE, "commit_retries": -1}, "['commit_retries'] must be >= 0"),
         ({"catalog_config": SQLITE, "partition_spec": "block_num"}, "must be a list"),
+        ({"catalog_config": SQLITE, "max_snapshots": 5}, "or at least 10"),
         (
             {"catalog_config": SQLITE, "partition_spec": [{"column": "b", "transform": "bucket"}]},
             "bucket[N] or truncate[N]",

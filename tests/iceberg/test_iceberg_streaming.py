@@ -122,3 +122,24 @@ def test_a_replayed_range_already_committed_is_skipped(lake: Lake) -> None:
         assert again.of("skip_duplicate"), "nothing was skipped"
         assert not again.loads(), f"ranges loaded again: {again.ranges()}"
         assert assert_exact(lake.table("logs"), server.chain) == rows
+
+
+def test_old_snapshots_are_expired_in_the_units_commits(lake: Lake) -> None:
+    """``max_snapshots=10``: every commit expires the oldest snapshots beyond ten; the
+    checkpoint (a property) survives them, a restart resumes after it, reorgs stay
+    exact, and every unit committed without commit grouping still left one snapshot."""
+    config = lake.config(max_snapshots=10, commit_grouping={"enabled": False}, **FEATURES)
+    actions: list[Action] = [Reorg(4), Mine(5), Reorg(12)]
+    with DevServer(port=0, seed=SEED, initial_blocks=80, max_interval=5) as server:
+        driven = load_to_head(server, "conn", "iceberg", config, "logs", actions)
+        assert len(driven.loads()) > 20, "the test needs more commits than max_snapshots"
+        table = lake.table("logs")
+        assert len(table.snapshots()) <= 10, len(table.snapshots())
+        assert_exact(table, server.chain)
+        first_end = checkpoint_end(table)
+        server.chain.mine(7)
+        again = load_to_head(server, "conn", "iceberg", config, "logs", [Reorg(2)])
+        assert again.ranges()[0][0] == first_end + 1, f"did not resume: {again.ranges()}"
+        table = lake.table("logs")
+        assert len(table.snapshots()) <= 10
+        assert_exact(table, server.chain)

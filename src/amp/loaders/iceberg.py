@@ -120,7 +120,8 @@ def _outside(values: pa.Array, ranges: list[tuple[int, int]]) -> pa.Array:
 class IcebergLoader(DataLoader[dict[str, Any]]):
     """Loads into Apache Iceberg tables through a pyiceberg catalog. Keys: catalog_config
     (required), catalog_name, namespace (default 'amp'), partition_spec,
-    table_properties, timestamp_ns ('exact' or 'truncate'), commit_retries."""
+    table_properties, timestamp_ns ('exact' or 'truncate'), commit_retries,
+    max_snapshots."""
 
     loader_type = "iceberg"
     transactional = True
@@ -135,6 +136,7 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
             "table_properties",
             "timestamp_ns",
             "commit_retries",
+            "max_snapshots",
         }
     )
 
@@ -434,7 +436,8 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
         from pyiceberg.exceptions import CommitFailedException
 
         state = CommitState.of(documents)
-        rows = pa.concat_tables(unit.rows) if unit.rows else None
+        # One chunk per column: pyiceberg writes a table of many small chunks slower.
+        rows = pa.concat_tables(unit.rows).combine_chunks() if unit.rows else None
         attempts = self.settings.commit_retries + 1
         for attempt in range(1, attempts + 1):
             # The first attempt is built on the metadata this loader last saw (the catalog
@@ -448,7 +451,9 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
             try:
                 self._commit_once(current, table, unit, rows, state)
                 return
-            except CommitFailedException as exc:
+            except (CommitFailedException, KeyError) as exc:
+                # KeyError: a property this commit removes was removed meanwhile (the
+                # catalog applies the removal to its latest metadata): build it again.
                 self._tables.pop(table, None)
                 self._contended.add(table)
                 if attempt == attempts:
@@ -490,7 +495,30 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
             present = [name for name in state.removed_properties if name in current.properties]
             if present:
                 txn.remove_properties(*present)
+        self._expire_oldest(current, txn)
         self._tables[table] = txn.commit_transaction()
+
+    def _expire_oldest(self, current: Table, txn: Any) -> None:
+        """Expire the table's oldest snapshots, in this same commit, so that it keeps at
+        most ``max_snapshots`` (at most 20 per commit, so a table with a long history
+        gets there over a few commits). Why: pyiceberg copies the table's whole metadata
+        several times per commit, so a commit's cost grows with the number of snapshots
+        (docs/benchmarks.md, Iceberg); checkpoints are table properties and survive."""
+        limit = self.settings.max_snapshots
+        snapshots = current.metadata.snapshots
+        excess = len(snapshots) + 3 - limit  # a unit's commit adds up to 3
+        if not limit or excess <= 0:
+            return
+        from pyiceberg.table.update.snapshot import ExpireSnapshots
+
+        protected = {ref.snapshot_id for ref in current.metadata.refs.values()}
+        oldest = sorted(
+            (s for s in snapshots if s.snapshot_id not in protected),
+            key=lambda s: (s.sequence_number, s.timestamp_ms),
+        )
+        doomed = [s.snapshot_id for s in oldest[: min(excess, 20)]]
+        if doomed:
+            ExpireSnapshots(txn).by_ids(doomed).commit()
 
     def rollback(self) -> None:
         self._unit = None

@@ -23,6 +23,7 @@ CATALOG_TYPES = ("sql", "rest", "hive", "glue", "dynamodb", "in-memory", "bigque
 TIMESTAMP_NS_MODES = ("exact", "truncate")
 DEFAULT_NAMESPACE = "amp"
 DEFAULT_COMMIT_RETRIES = 20
+DEFAULT_MAX_SNAPSHOTS = 100
 # pyiceberg's own transform names, with their argument where they take one.
 _TRANSFORM = re.compile(r"^(identity|year|month|day|hour|void|bucket\[(\d+)\]|truncate\[(\d+)\])$")
 # Words in a catalog property's name that make its value a secret, beyond amp.redact's.
@@ -65,6 +66,7 @@ class IcebergSettings:
     table_properties: dict[str, str]
     timestamp_ns: str
     commit_retries: int
+    max_snapshots: int
 
     @property
     def catalog_shown(self) -> dict[str, str]:
@@ -241,6 +243,13 @@ def settings(config: Mapping[str, Any]) -> IcebergSettings:
     retries = config.get("commit_retries", DEFAULT_COMMIT_RETRIES)
     typed(WHERE, "commit_retries", retries, int)
     number_at_least(WHERE, "commit_retries", retries, 0)
+    max_snapshots = config.get("max_snapshots", DEFAULT_MAX_SNAPSHOTS)
+    typed(WHERE, "max_snapshots", max_snapshots, int)
+    if max_snapshots != 0 and max_snapshots < 10:
+        raise ConfigError(
+            f"{WHERE}['max_snapshots'] must be 0 (never expire snapshots) or at least 10 (a "
+            f"unit's commit adds up to 3), got {max_snapshots!r}"
+        )
     return IcebergSettings(
         catalog_name,
         _catalog(config),
@@ -249,6 +258,7 @@ def settings(config: Mapping[str, Any]) -> IcebergSettings:
         _table_properties(config),
         mode,
         retries,
+        max_snapshots,
     )
 
 

@@ -38,6 +38,7 @@ from amp.streaming.state_documents import (
 
 if TYPE_CHECKING:
     from pyiceberg.table import Table
+    from pyiceberg.table.snapshots import Snapshot
 
 # The state table name of a parallel load's plan (``amp.loop.parallel_plan.PLAN_SUFFIX``;
 # loaders sit below the loop and do not import it: tests/iceberg checks they agree).
@@ -133,31 +134,41 @@ class CommitState:
 
 class SummaryLog:
     """The processed ranges and checkpoint history of one table, replayed from the
-    summaries of its current snapshot's ancestors (parsed summaries cached by snapshot
-    id: each refresh parses only the snapshots it has not seen)."""
+    summaries of its current snapshot's ancestors. The result is kept per snapshot, and
+    a snapshot whose parent's result is kept (this loader's next commit) is one step from
+    it: a long-running load does not walk its whole history for every microbatch."""
 
     def __init__(self) -> None:
-        self._parsed: dict[int, dict[str, list[tuple[DocKey, Document | None]]]] = {}
+        self._kept: dict[tuple[int, str], dict[DocKey, Document]] = {}
 
     def documents(self, table: Table, kind: str) -> dict[DocKey, Document]:
+        """The documents of ``kind`` as of ``table``'s current snapshot (kept: callers
+        must not change the dict)."""
         from pyiceberg.table.snapshots import ancestors_of
 
-        metadata = table.metadata
         summary_key = SUMMARY_PROCESSED if kind == PROCESSED else SUMMARY_HISTORY
-        lineage = list(ancestors_of(table.current_snapshot(), metadata))
+        current = table.current_snapshot()
+        if current is None:
+            return {}
+        pending: list[Snapshot] = []
         found: dict[DocKey, Document] = {}
-        for snapshot in reversed(lineage):
-            parsed = self._parsed.get(snapshot.snapshot_id)
-            if parsed is None:
-                summary = snapshot.summary
-                parsed = {
-                    name: _entries(summary.get(name) if summary is not None else None)
-                    for name in (SUMMARY_PROCESSED, SUMMARY_HISTORY)
-                }
-                self._parsed[snapshot.snapshot_id] = parsed
-            for key, document in parsed[summary_key]:
+        for snapshot in ancestors_of(current, table.metadata):
+            kept = self._kept.get((snapshot.snapshot_id, kind))
+            if kept is not None:
+                if not pending:
+                    return kept
+                found = dict(kept)
+                break
+            pending.append(snapshot)
+        for snapshot in reversed(pending):
+            summary = snapshot.summary
+            for key, document in _entries(summary.get(summary_key) if summary else None):
                 if document is None:
                     found.pop(key, None)
                 else:
                     found[key] = document
+        self._kept = {
+            key: value for key, value in self._kept.items() if key[1] != kind
+        }  # only the latest is needed
+        self._kept[(current.snapshot_id, kind)] = found
         return found

@@ -20,7 +20,7 @@ from amp.loaders.iceberg_state import (
     is_plan,
     property_name,
 )
-from amp.streaming.state_documents import CHECKPOINT, DocKey, Document
+from amp.streaming.state_documents import CHECKPOINT, PROCESSED, DocKey, Document
 
 if TYPE_CHECKING:
     from amp.loaders.iceberg import IcebergLoader
@@ -63,7 +63,10 @@ class IcebergDocuments:
         return {
             key: document
             for key, document in self._documents(table, kind).items()
-            if key[0] == prefix and key[2] == connection and key[3] == table
+            if key[0] == prefix
+            and key[2] == connection
+            and key[3] == table
+            and (min_end is None or kind != PROCESSED or document["end"] >= min_end)
         }
 
     def listed_documents(
