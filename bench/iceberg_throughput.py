@@ -15,7 +15,9 @@ All in one run, on the same ``logs`` rows of a simulated chain, cut into microba
 3. loader per microbatch: ``IcebergLoader`` as the pipeline drives it with checkpoint and
    idempotency on: begin, ``delete_blocks`` (the idempotent pre-delete), ``write``, the
    processed-range mark and the checkpoint through its state store, commit. Adds the
-   pre-delete's scan, the refresh of the table before each commit and the state.
+   pre-delete's scan and the state; each commit also expires the snapshots beyond
+   ``max_snapshots`` (100). Then the same with ``max_snapshots=0`` (none expired), as
+   pyiceberg alone does.
 4. loader, grouped: the same with ``--group`` microbatches per unit (what commit
    grouping does while a load catches up).
 5. end to end: ``Client`` streaming loads from a dev server in this process until the
@@ -108,7 +110,7 @@ def bare(catalog: Catalog, name: str, work: list[Microbatch], group: int) -> int
 
 
 def through_loader(config: dict[str, Any], name: str, work: list[Microbatch], group: int) -> int:
-    loader = IcebergLoader(config, connection_name="bench")
+    loader = IcebergLoader(config, connection_name=name)
     loader.connect()
     loader.prepare_table(name, work[0].rows.schema, LoadMode.APPEND, "block_num")
     ranges = loader.state_store("amp_")
@@ -216,6 +218,12 @@ def main() -> None:
             "loader",
             lambda: through_loader(config, "loader", work, 1),
             "+ pre-delete, state",
+        )
+        measure(
+            "IcebergLoader, per microbatch, max_snapshots=0",
+            "loader_all",
+            lambda: through_loader({**config, "max_snapshots": 0}, "loader_all", work, 1),
+            "no snapshot expired",
         )
         measure(
             f"IcebergLoader, {args.group} per unit",

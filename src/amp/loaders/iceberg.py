@@ -55,9 +55,14 @@ log = logging.getLogger("amp.loaders.iceberg")
 
 # Set on every table amp creates or loads into (see the module docstring).
 NO_PYICEBERG_RETRIES = {"commit.retry.num-retries": "0"}
-# Defaults of a table amp creates (``table_properties`` override them): merge manifests,
-# so that a table of many small commits keeps few manifests to read per scan and commit.
-CREATED_TABLE_DEFAULTS = {"commit.manifest-merge.enabled": "true"}
+# Defaults of a table amp creates (``table_properties`` override them): merge manifests
+# once there are 10, so that a table of many small commits keeps few manifests to read
+# per scan and commit (pyiceberg's own default, no merging, makes every commit slower
+# than the one before: docs/benchmarks.md, Iceberg).
+CREATED_TABLE_DEFAULTS = {
+    "commit.manifest-merge.enabled": "true",
+    "commit.manifest.min-count-to-merge": "10",
+}
 
 
 @dataclass
