@@ -39,13 +39,16 @@ class IcebergDocuments:
         except Exception as exc:
             raise failure("reading the namespace's properties", exc) from exc
 
-    def _documents(self, state_table: str, kind: str) -> dict[DocKey, Document]:
-        """The committed documents of ``kind`` kept for ``state_table``."""
+    def _documents(
+        self, state_table: str, kind: str, latest: bool = False
+    ) -> dict[DocKey, Document]:
+        """The committed documents of ``kind`` kept for ``state_table`` (as the table
+        was last loaded, or with ``latest`` as the catalog has it now)."""
         if is_plan(state_table):
             if kind != CHECKPOINT:
                 return {}
             return checkpoints_in(self._namespace_properties())
-        table = self.loader.table(data_table(state_table))
+        table = self.loader.table(data_table(state_table), refresh=latest)
         if table is None:
             return {}
         if kind == CHECKPOINT:
@@ -72,7 +75,8 @@ class IcebergDocuments:
     def listed_documents(
         self, prefix: str, kind: str, connection: str | None, table: str | None
     ) -> dict[DocKey, Document]:
-        """Of ``table`` (or of every table of the namespace, and the plans)."""
+        """Of ``table`` (or of every table of the namespace, and the plans), as the
+        catalog has them now: what an operator lists, other writers' included."""
         if table is not None:
             names = [table]
         else:
@@ -85,7 +89,7 @@ class IcebergDocuments:
             names.append("/parallel-plan")  # every plan: the namespace's properties
         found: dict[DocKey, Document] = {}
         for name in names:
-            for key, document in self._documents(name, kind).items():
+            for key, document in self._documents(name, kind, latest=True).items():
                 if key[0] != prefix or (connection is not None and key[2] != connection):
                     continue
                 if table is not None and key[3] != table:
