@@ -52,6 +52,10 @@ SQLITE = {"type": "sql", "uri": "sqlite:////tmp/never/catalog.db", "warehouse": 
             "'column', 'transform' and optionally 'name'",
         ),
         ({"catalog_config": SQLITE, "table_properties": {"amp.checkpoint:x": "1"}}, "'amp.'"),
+        (
+            {"catalog_config": SQLITE, "partition_spec": [{"column": "b", "transform": "day"}]},
+            "pyiceberg-core installed",
+        ),
         ({"catalog_config": SQLITE, "table_propertes": {}}, "did you mean 'table_properties'"),
     ],
 )

@@ -143,3 +143,26 @@ def test_old_snapshots_are_expired_in_the_units_commits(lake: Lake) -> None:
         table = lake.table("logs")
         assert len(table.snapshots()) <= 10
         assert_exact(table, server.chain)
+
+
+def test_a_partitioned_table_through_reorgs(lake: Lake) -> None:
+    """``partition_spec`` by block (identity: the other transforms need pyiceberg-core,
+    not installed here): the table is created partitioned, every data file holds one
+    block, and reorgs (a delete by row filter that drops whole files of the replaced
+    blocks) leave it exact."""
+    spec = [{"column": "_block_num", "transform": "identity", "name": "blocks"}]
+    config = lake.config(partition_spec=spec, **FEATURES)
+    actions: list[Action] = [Reorg(4), Mine(3), Reorg(25)]
+    with DevServer(port=0, seed=SEED, initial_blocks=60, max_interval=MAX_INTERVAL) as server:
+        driven = load_to_head(server, "conn", "iceberg", config, "logs", actions)
+        assert_reorgs_reported(driven, [a for a in actions if isinstance(a, Reorg)])
+        table = lake.table("logs")
+        fields = table.spec().fields
+        assert [(f.name, str(f.transform)) for f in fields] == [("blocks", "identity")]
+        files = table.inspect.files().to_pylist()
+        assert files and all(
+            row["readable_metrics"]["_block_num"]["lower_bound"]
+            == row["readable_metrics"]["_block_num"]["upper_bound"]
+            for row in files
+        ), "a data file spans two partitions"
+        assert_exact(table, server.chain)

@@ -9,6 +9,7 @@ checked here, each error naming the key and the fix; secrets of ``catalog_config
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -195,6 +196,15 @@ def _partition_spec(config: Mapping[str, Any]) -> tuple[PartitionField, ...]:
             raise ConfigError(
                 f"{where}['transform'] must be one of identity, year, month, day, hour, void, "
                 f"bucket[N] or truncate[N] (N >= 1), got {transform!r}"
+            )
+        if (
+            transform not in ("identity", "void")
+            and importlib.util.find_spec("pyiceberg_core") is None
+        ):
+            raise ConfigError(
+                f"{where}['transform'] {transform!r}: pyiceberg writes such partitions only with "
+                "pyiceberg-core installed (pip install 'pyiceberg[pyiceberg-core]'); without "
+                "it, use 'identity'"
             )
         name = entry.get("name")
         if name is not None and (not isinstance(name, str) or not name):
