@@ -25,6 +25,7 @@ new checkpoint.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -147,6 +148,11 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
 
     def __init__(self, config: Mapping[str, Any], connection_name: str = "") -> None:
         super().__init__(config, connection_name)
+        if importlib.util.find_spec("pyiceberg") is None:
+            raise ConfigError(
+                "the iceberg loader needs pyiceberg with its SQL catalog: install "
+                "amp-python[iceberg]"
+            )
         self.settings: IcebergSettings = settings(self.config)
         self._catalog: Catalog | None = None
         self._tables: dict[str, Table] = {}
