@@ -106,7 +106,7 @@ def _compare(kind: str, column: str, value: int) -> BooleanExpression:
     return cast("BooleanExpression", predicate(column, value))
 
 
-def _between(column: str, start: int, end: int) -> BooleanExpression:
+def blocks_between(column: str, start: int, end: int) -> BooleanExpression:
     from pyiceberg.expressions import And
 
     return And(
@@ -367,7 +367,9 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
         snapshot = committed.current_snapshot() if committed is not None else None
         snapshot_id = snapshot.snapshot_id if snapshot is not None else None
         if committed is not None and snapshot is not None:
-            values = self._scan_column(committed, block_column, _between(block_column, start, end))
+            values = self._scan_column(
+                committed, block_column, blocks_between(block_column, start, end)
+            )
             deleted += int(pc.sum(pc.cast(_outside(values, pending), pa.int64())).as_py() or 0)
             unit.counted_rows = unit.counted_rows or len(values) > 0
         if not unit.deletes:
@@ -488,9 +490,9 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
         txn = current.transaction()
         base = current.current_snapshot()
         if unit.deletes and not unit.deletes_nothing_on(base.snapshot_id if base else None):
-            condition = _between(*unit.deletes[0])
+            condition = blocks_between(*unit.deletes[0])
             for column, start, end in unit.deletes[1:]:
-                condition = Or(condition, _between(column, start, end))
+                condition = Or(condition, blocks_between(column, start, end))
             # Only when a data file may hold such rows (its column statistics say so):
             # a pre-delete of new blocks then costs nothing, and pyiceberg does not warn
             # of a delete that matched nothing.

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from amp.errors import DestinationError
-from amp.loaders.iceberg import IcebergLoader, _between
+from amp.loaders.iceberg import IcebergLoader, blocks_between
 
 
 class IcebergSide:
@@ -48,7 +48,7 @@ class IcebergSide:
         if found is None:
             raise DestinationError(f"Iceberg table {table} does not exist")
         scan = found.scan(
-            row_filter=_between(block_column, first, last), selected_fields=tuple(columns)
+            row_filter=blocks_between(block_column, first, last), selected_fields=tuple(columns)
         )
         yield from scan.to_arrow_batch_reader()
 
