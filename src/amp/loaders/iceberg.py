@@ -107,6 +107,7 @@ def _compare(kind: str, column: str, value: int) -> BooleanExpression:
 
 
 def blocks_between(column: str, start: int, end: int) -> BooleanExpression:
+    """The row filter ``start <= column <= end``: a block range's rows."""
     from pyiceberg.expressions import And
 
     return And(
