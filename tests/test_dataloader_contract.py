@@ -86,7 +86,7 @@ def test_what_the_loop_can_count_on_follows_what_the_class_defines() -> None:
     assert "neither rolls back nor deletes rows by block" in (older.delivery_limits() or "")
     with pytest.raises(ConfigError, match="defines no prepare_table"):
         older.prepare_table("t", pa.schema([]), LoadMode.OVERWRITE, "_block_num")
-    for name in ("postgresql", "duckdb", "redis", "kafka"):
+    for name in ("postgresql", "duckdb", "redis", "kafka", "iceberg"):
         cls = loader_class(name)
         assert cls.delete_blocks is not DataLoader.delete_blocks, name
         assert cls.rollback is not DataLoader.rollback, name

@@ -17,6 +17,7 @@ IN_EFFECT = {
     "duckdb": "transactional",
     "kafka": "transactional",  # producer transactions
     "redis": "tracking",  # deterministic keys, the range marked after the rows
+    "iceberg": "transactional",  # one catalog commit per unit
 }
 
 
@@ -26,6 +27,13 @@ def _config(kind: str, tmp_path: Path, mode: str) -> dict[str, Any]:
         "duckdb": {"database": str(tmp_path / "mode.duckdb")},
         "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
         "redis": {"host": "127.0.0.1", "port": 6379},
+        "iceberg": {
+            "catalog_config": {
+                "type": "sql",
+                "uri": f"sqlite:///{tmp_path}/catalog.db",
+                "warehouse": f"file://{tmp_path}/warehouse",
+            }
+        },
     }[kind]
     return {**base, "idempotency": {"enabled": True, "mode": mode}}
 

@@ -52,6 +52,9 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "redis": {},
     "kafka": {"bootstrap_servers": "localhost:9092"},
     "deltalake": {"table_path": "/tmp/amp-options-doc"},
+    "iceberg": {
+        "catalog_config": {"type": "sql", "uri": "sqlite:///c.db", "warehouse": "file:///w"}
+    },
 }
 SECTIONS: dict[str, type] = {
     "resilience.retry": RetryConfig,
@@ -176,12 +179,26 @@ def _deltalake(loader: Any) -> dict[str, Any]:
     }
 
 
+def _iceberg(loader: Any) -> dict[str, Any]:
+    settings = loader.settings
+    return {
+        "catalog_name": settings.catalog_name,
+        "namespace": ".".join(settings.namespace),
+        "partition_spec": list(settings.partition_spec),
+        "table_properties": settings.table_properties,
+        "timestamp_ns": settings.timestamp_ns,
+        "commit_retries": settings.commit_retries,
+        "max_snapshots": settings.max_snapshots,
+    }
+
+
 EFFECTIVE: dict[str, Callable[[Any], dict[str, Any]]] = {
     "postgresql": _postgresql,
     "duckdb": _duckdb,
     "redis": _redis,
     "kafka": _kafka,
     "deltalake": _deltalake,
+    "iceberg": _iceberg,
 }
 
 

@@ -6,6 +6,7 @@ host:6379/seven`` once loaded into db 0; each error names the part and shows an 
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.parse
 from typing import Any
@@ -19,6 +20,7 @@ EXAMPLES = {
     "redis": "redis://localhost:6379/0",
     "kafka": "kafka://localhost:9092/mytopic",
     "deltalake": "deltalake:///abs/path/to/tables",
+    "iceberg": "iceberg:///data/lake (or iceberg+postgresql://user@host:5432/db?warehouse=/data/wh)",
 }
 # deltalake+<store>://bucket/prefix: Delta tables in an object store (storage_options
 # come from the connection config, never the URL).
@@ -43,6 +45,8 @@ _POSTGRESQL_PARAMS = frozenset(
 # Kafka security settings a kafka:// URL may carry as ?key=value (producer_config keys).
 _KAFKA_PARAMS = frozenset({"security.protocol", "sasl.mechanism"})
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# Loader keys an iceberg:// URL may set as ?key=value.
+_ICEBERG_PARAMS = frozenset({"namespace", "catalog_name"})
 
 
 def _fail(url: str, scheme: str, problem: str) -> ConfigError:
@@ -78,8 +82,9 @@ def _single_path_part(url: str, scheme: str, path: str, what: str) -> str:
 
 def destination_from_url(url: str) -> tuple[str, dict[str, Any]]:
     """A destination URL → (loader, config): ``postgresql://user:pass@host:port/db``,
-    ``duckdb:///path.db``, ``redis://host:port/db``, ``kafka://host:port/topic`` or
-    ``deltalake:///abs/path`` (``deltalake+s3://bucket/prefix``)."""
+    ``duckdb:///path.db``, ``redis://host:port/db``, ``kafka://host:port/topic``,
+    ``deltalake:///abs/path`` (``deltalake+s3://bucket/prefix``), ``iceberg:///dir`` or
+    ``iceberg+postgresql://user@host:port/db?warehouse=/path``."""
     parsed = urllib.parse.urlsplit(url)
     scheme = parsed.scheme.lower()
     if parsed.fragment:
@@ -129,6 +134,8 @@ def destination_from_url(url: str) -> tuple[str, dict[str, Any]]:
         return "kafka", config
     if scheme == "deltalake" or scheme.startswith("deltalake+"):
         return "deltalake", {"table_path": _delta_path(url, scheme, parsed)}
+    if scheme in ("iceberg", "iceberg+postgresql"):
+        return "iceberg", _iceberg(url, parsed)
     raise ConfigError(
         f"unsupported destination URL {redact_url(url)!r}; use {', '.join(EXAMPLES.values())}"
     )
@@ -155,3 +162,39 @@ def _delta_path(url: str, scheme: str, parsed: urllib.parse.SplitResult) -> str:
     if not path.startswith("/") or path == "/":
         raise _fail(url, "deltalake", "give an absolute directory, deltalake:///abs/path")
     return path
+
+
+def _iceberg(url: str, parsed: urllib.parse.SplitResult) -> dict[str, Any]:
+    """``iceberg:///dir``: a SQL catalog on SQLite at ``dir/catalog.db`` whose tables'
+    files go under ``dir/warehouse`` (``iceberg://rel/dir``: relative to the working
+    directory). ``iceberg+postgresql://user@host:port/db?warehouse=/path``: a SQL
+    catalog in that PostgreSQL database (driver psycopg), files under ``warehouse`` (a
+    path or a ``file://``/``s3://`` URI). Both take ``?namespace=`` and ``?catalog_name=``."""
+    if parsed.scheme.lower() == "iceberg":
+        params = _query_params(url, "iceberg", parsed.query, _ICEBERG_PARAMS)
+        if parsed.netloc and "@" in parsed.netloc:
+            raise _fail(url, "iceberg", "an iceberg:// URL is a directory; it has no user")
+        path = urllib.parse.unquote(parsed.netloc + parsed.path)
+        if not path:
+            raise _fail(url, "iceberg", "the directory is missing")
+        directory = os.path.abspath(path)
+        catalog = {
+            "type": "sql",
+            "uri": f"sqlite:///{directory}/catalog.db",
+            "warehouse": f"file://{directory}/warehouse",
+        }
+    else:
+        params = _query_params(
+            url, "iceberg", parsed.query, _ICEBERG_PARAMS | frozenset({"warehouse"})
+        )
+        _check_port(url, "iceberg", parsed.netloc.rpartition("@")[2] or "localhost")
+        if not _single_path_part(url, "iceberg", parsed.path, "database name"):
+            raise _fail(url, "iceberg", "the catalog's database is missing")
+        warehouse = params.pop("warehouse", "")
+        if not warehouse:
+            raise _fail(url, "iceberg", "?warehouse= (where table files go) is missing")
+        if "://" not in warehouse:
+            warehouse = f"file://{os.path.abspath(warehouse)}"
+        bare = urllib.parse.urlunsplit(parsed._replace(scheme="postgresql+psycopg", query=""))
+        catalog = {"type": "sql", "uri": bare, "warehouse": warehouse}
+    return {"catalog_config": catalog, **params}

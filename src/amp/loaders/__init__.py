@@ -10,6 +10,7 @@ from typing import Any
 
 from amp.loaders.base import DataLoader, LoadMode
 from amp.loaders.duckdb import DuckDBLoader
+from amp.loaders.iceberg import IcebergLoader
 from amp.loaders.kafka import KafkaLoader
 from amp.loaders.postgresql import PostgreSQLLoader
 from amp.loaders.redis import RedisLoader
@@ -24,7 +25,7 @@ __all__ = [
     "register_loader",
 ]
 
-for _built_in in (PostgreSQLLoader, DuckDBLoader, RedisLoader, KafkaLoader):
+for _built_in in (PostgreSQLLoader, DuckDBLoader, RedisLoader, KafkaLoader, IcebergLoader):
     register_built_in(_built_in)
 
 try:  # the 'delta' extra (delta-rs)

@@ -6,9 +6,10 @@ amp's loaders index) in batches. DuckDB hands back Arrow batches natively; Postg
 rows come through a server-side cursor and are turned into Arrow columns, whose values
 ``amp.verify.rowhash`` then puts in the same canonical form as the server's.
 
-PostgreSQL, DuckDB and Delta Lake (``amp.verify.delta_side``) are supported. Redis and
-Kafka keep rows as hashes or messages with no range query over the block, so
-``open_destination`` refuses them, naming the destinations it can verify.
+PostgreSQL, DuckDB, Delta Lake (``amp.verify.delta_side``) and Iceberg
+(``amp.verify.iceberg_side``, imported only for them) are supported. Redis and Kafka keep
+rows as hashes or messages with no range query over the block, so ``open_destination``
+refuses them, naming the destinations it can verify.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from amp.errors import ConfigError, DestinationError
 from amp.redact import redact_text
 from amp.verify.source import quote
 
-SUPPORTED = ("postgresql", "duckdb", "deltalake")
+SUPPORTED = ("postgresql", "duckdb", "deltalake", "iceberg")
 _BATCH_ROWS = 50_000
 
 
@@ -201,7 +202,12 @@ def open_destination(url: str) -> DestinationSide:
         from amp.verify.delta_side import DeltaSide  # delta-rs: the 'delta' extra
 
         return DeltaSide(config["table_path"])
+
+    if loader == "iceberg":
+        from amp.verify.iceberg_side import IcebergSide  # the iceberg extra
+
+        return IcebergSide(config)
     raise ConfigError(
-        f"amp verify compares {' and '.join(SUPPORTED)} destinations; {loader} is not "
+        f"amp verify compares {', '.join(SUPPORTED)} destinations; {loader} is not "
         "supported yet (its rows cannot be read back by block range)"
     )
