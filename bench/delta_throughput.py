@@ -3,7 +3,7 @@ and what commit grouping does to the number of commits and data files.
 
 The bare runs write the same rows of the same server microbatches (captured once from
 the stream, held as Arrow in memory, already in the Delta types the loader stores:
-``amp.loaders.delta_types``) with ``deltalake.write_deltalake``: one append commit per
+``amp.loaders.delta.types``) with ``deltalake.write_deltalake``: one append commit per
 microbatch, and all of them in one commit (the limit of the library on this machine).
 The loader runs stream the query from a dev server in another process into a fresh
 table from block 0 until the head is committed, with checkpoints on (each commit also
@@ -36,7 +36,7 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
 from amp.client import Client
-from amp.loaders.delta_types import delta_schema, to_delta
+from amp.loaders.delta.types import delta_schema, to_delta
 from amp.streaming.reader import Data, MicrobatchEnd, MicrobatchReader
 from amp.streaming.types import BlockRange
 

@@ -48,8 +48,8 @@ from rich.table import Table
 from amp.client import Client
 from amp.devserver import DevServer
 from amp.loaders.base import LoadMode
-from amp.loaders.iceberg import IcebergLoader
-from amp.loaders.iceberg_types import stored_schema, to_stored
+from amp.loaders.iceberg.loader import IcebergLoader
+from amp.loaders.iceberg.types import stored_schema, to_stored
 from amp.streaming.checkpoint import CheckpointState, CheckpointStore
 from amp.streaming.types import BlockRange, hex_hash
 

@@ -18,7 +18,7 @@ from amp.destination_url import destination_from_url
 from amp.devserver import DevServer
 from amp.errors import ConfigError, StreamOwnedError
 from amp.loaders.base import LoadMode
-from amp.loaders.deltalake import DeltaLakeLoader
+from amp.loaders.delta.loader import DeltaLakeLoader
 from amp.streaming.types import BlockRange
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-s3cr3t"

@@ -14,7 +14,7 @@ import pytest
 from delta_support import TABLE, assert_exact, delta_config
 
 from amp.devserver import DevServer
-from amp.loaders.deltalake import DeltaLakeLoader
+from amp.loaders.delta.loader import DeltaLakeLoader
 from crashkit import ParallelCrash, busy_chain_server
 from kit import unique
 

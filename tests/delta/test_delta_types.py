@@ -1,5 +1,5 @@
 """Arrow types through Delta and back (delta-rs reading): every value equal, with the
-documented type changes (``amp.loaders.delta_types``): unsigned → wider signed (uint64 →
+documented type changes (``amp.loaders.delta.types``): unsigned → wider signed (uint64 →
 decimal(20, 0), a block column → long), timestamps in microseconds (UTC when zoned),
 fixed-size binary → binary, decimal128(38, 0) unchanged; a value the Delta type cannot
 hold is refused, never altered."""
@@ -17,7 +17,7 @@ from delta_support import delta_config, read_table
 from amp.devserver import DevServer
 from amp.errors import DestinationError
 from amp.loaders.base import LoadMode
-from amp.loaders.deltalake import DeltaLakeLoader
+from amp.loaders.delta.loader import DeltaLakeLoader
 from amp.streaming.types import BlockRange
 from kit import load_to_head, unique
 from kit.chain import arrow_rows, assert_equals_canonical

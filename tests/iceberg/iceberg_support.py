@@ -19,7 +19,7 @@ from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.table import Table
 
 from amp.devserver.chain import SimulatedChain
-from amp.loaders.iceberg_state import PROPERTY_PREFIX
+from amp.loaders.iceberg.state import PROPERTY_PREFIX
 from kit.chain import arrow_rows, assert_equals_canonical
 
 # The logs' key (block, position in the block), their fork-telling hash, a binary with

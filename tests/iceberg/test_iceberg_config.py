@@ -14,7 +14,7 @@ from amp.client import Client
 from amp.destination_url import destination_from_url
 from amp.devserver import DevServer
 from amp.errors import ConfigError, FatalLoadError
-from amp.loaders.iceberg import IcebergLoader
+from amp.loaders.iceberg.loader import IcebergLoader
 
 SECRET = "s3cret-Pa55word"
 SQLITE = {"type": "sql", "uri": "sqlite:////tmp/never/catalog.db", "warehouse": "file:///tmp/w"}

@@ -13,8 +13,8 @@ import pyarrow as pa
 from iceberg_support import Lake, checkpoints
 
 from amp.loaders.base import LoadMode
-from amp.loaders.iceberg import IcebergLoader
-from amp.loaders.iceberg_state import PLAN_SUFFIX
+from amp.loaders.iceberg.loader import IcebergLoader
+from amp.loaders.iceberg.state import PLAN_SUFFIX
 from amp.loop.parallel_plan import PLAN_SUFFIX as LOOP_PLAN_SUFFIX
 from amp.streaming.types import BlockRange
 

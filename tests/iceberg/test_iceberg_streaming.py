@@ -14,7 +14,7 @@ import pytest
 from iceberg_support import Lake, assert_exact, checkpoint_end, checkpoints, visible_snapshots
 
 from amp.devserver import DevServer
-from amp.loaders.iceberg_state import SUMMARY_CHECKPOINT, SUMMARY_PROCESSED
+from amp.loaders.iceberg.state import SUMMARY_CHECKPOINT, SUMMARY_PROCESSED
 from kit import Action, Mine, Reorg, assert_reorgs_reported, load_to_head
 
 SEED = 1

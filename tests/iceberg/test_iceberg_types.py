@@ -15,7 +15,7 @@ from iceberg_support import Lake
 
 from amp.errors import FatalLoadError
 from amp.loaders.base import LoadMode
-from amp.loaders.iceberg import IcebergLoader
+from amp.loaders.iceberg.loader import IcebergLoader
 
 BIGGEST = Decimal(10**38 - 1)
 SMALLEST = Decimal(-(10**38 - 1))  # not -BIGGEST: unary minus rounds to 28 digits

@@ -10,7 +10,7 @@ from typing import Any
 
 from amp.loaders.base import DataLoader, LoadMode
 from amp.loaders.duckdb import DuckDBLoader
-from amp.loaders.iceberg import IcebergLoader
+from amp.loaders.iceberg.loader import IcebergLoader
 from amp.loaders.kafka import KafkaLoader
 from amp.loaders.postgresql import PostgreSQLLoader
 from amp.loaders.redis import RedisLoader
@@ -29,11 +29,11 @@ for _built_in in (PostgreSQLLoader, DuckDBLoader, RedisLoader, KafkaLoader, Iceb
     register_built_in(_built_in)
 
 try:  # the 'delta' extra (delta-rs)
-    from amp.loaders.deltalake import DeltaLakeLoader as _Delta
+    from amp.loaders.delta.loader import DeltaLakeLoader as _Delta
 except ImportError as _missing:
     if _missing.name != "deltalake":
         raise
-    from amp.loaders.delta_extra import DeltaLakeNotInstalled as _Delta  # type: ignore[assignment]
+    from amp.loaders.delta.extra import DeltaLakeNotInstalled as _Delta  # type: ignore[assignment]
 register_built_in(_Delta)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from amp.errors import DestinationError
-from amp.loaders.iceberg import IcebergLoader, blocks_between
+from amp.loaders.iceberg.loader import IcebergLoader, blocks_between
 
 
 class IcebergSide:

@@ -26,7 +26,7 @@ from deltalake.exceptions import (
 
 from amp.config import number_at_least, typed
 from amp.errors import ConfigError
-from amp.loaders.delta_state import StateLostError
+from amp.loaders.delta.state import StateLostError
 from amp.loop.parallel_plan import PLAN_SUFFIX
 from amp.redact import is_secret_key, register_secret
 from amp.streaming.classify import Classification, ErrorClassifier, ErrorKind

@@ -3,7 +3,7 @@
 Why buffered: a Delta commit is atomic, so amp buffers a unit (its Arrow batches, its
 block deletes, its staged state documents) and ``commit()`` writes it as one commit
 holding the deletes, the rows, the processed ranges and the checkpoint together
-(``amp.loaders.delta_state``). A crash before the commit leaves no visible trace (at
+(``amp.loaders.delta.state``). A crash before the commit leaves no visible trace (at
 most unreferenced Parquet files, which ``VACUUM`` removes); after it, all of it.
 
 How a unit becomes one commit:
@@ -17,7 +17,7 @@ How a unit becomes one commit:
 
 Layout: table ``t`` is the Delta table ``<table_path>/t``; a parallel load's plan is a
 state-only Delta table ``<table_path>/_amp_parallel_plans/t``; stream locks live in
-``<table_path>/_amp_locks`` (``amp.loaders.delta_claim``).
+``<table_path>/_amp_locks`` (``amp.loaders.delta.claim``).
 """
 
 from __future__ import annotations
@@ -39,25 +39,25 @@ from deltalake.exceptions import (
 from amp.errors import ConfigError, DestinationError
 from amp.loaders.base import DataLoader, LoadMode
 from amp.loaders.blocks import RANGE_END, RANGE_START
-from amp.loaders.delta_claim import LOCK_DIR, Fence, FileClaim, fence_app_id
-from amp.loaders.delta_config import (
+from amp.loaders.delta.claim import LOCK_DIR, Fence, FileClaim, fence_app_id
+from amp.loaders.delta.config import (
     KEYS,
     DeltaErrorClassifier,
     DeltaSettings,
     local_tables,
     table_location,
 )
-from amp.loaders.delta_predicate import Pending, between, unit_predicate
-from amp.loaders.delta_state import DeltaLog, TableState, build_payload, catch_up
-from amp.loaders.delta_state import app_id as checkpoint_app_id
-from amp.loaders.delta_store import DeltaDocuments
-from amp.loaders.delta_types import delta_schema, to_delta
+from amp.loaders.delta.predicate import Pending, between, unit_predicate
+from amp.loaders.delta.state import DeltaLog, TableState, build_payload, catch_up
+from amp.loaders.delta.state import app_id as checkpoint_app_id
+from amp.loaders.delta.store import DeltaDocuments
+from amp.loaders.delta.types import delta_schema, to_delta
 from amp.loaders.ownership import Stream
 from amp.redact import redact_text, redact_url
 from amp.streaming.state_documents import CHECKPOINT, DocKey, Document, DocumentStateStore
 from amp.streaming.types import BlockRange
 
-log = logging.getLogger("amp.loaders.deltalake")
+log = logging.getLogger("amp.loaders.delta.loader")
 
 _STATE_SCHEMA = pa.schema([pa.field("_amp_state", pa.string())])
 _CONFLICT_RETRIES = 8  # a unit committed again on a newer version before it is replayed
@@ -536,5 +536,6 @@ class DeltaLakeLoader(DataLoader[dict[str, Any]]):
         return self._staged
 
     def state_store(self, prefix: str) -> DocumentStateStore:
-        """Checkpoints and processed ranges inside the table's commits (``delta_state``)."""
+        """Checkpoints and processed ranges inside the table's commits
+        (``amp.loaders.delta.state``)."""
         return DocumentStateStore(DeltaDocuments(self), prefix)

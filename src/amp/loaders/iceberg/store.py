@@ -1,5 +1,5 @@
 """The ``DocumentBackend`` of the Iceberg loader: state documents read from the table's
-metadata (properties and snapshot summaries, see ``amp.loaders.iceberg_state``) and
+metadata (properties and snapshot summaries, see ``amp.loaders.iceberg.state``) and
 staged in the loader's open unit, which commits them with the rows.
 
 Reads use the table as the loader last loaded it: refreshed before each commit, after
@@ -13,8 +13,8 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from amp.loaders.iceberg_errors import failure
-from amp.loaders.iceberg_state import (
+from amp.loaders.iceberg.errors import failure
+from amp.loaders.iceberg.state import (
     checkpoints_in,
     data_table,
     is_plan,
@@ -23,7 +23,7 @@ from amp.loaders.iceberg_state import (
 from amp.streaming.state_documents import CHECKPOINT, PROCESSED, DocKey, Document
 
 if TYPE_CHECKING:
-    from amp.loaders.iceberg import IcebergLoader
+    from amp.loaders.iceberg.loader import IcebergLoader
 
 
 class IcebergDocuments:

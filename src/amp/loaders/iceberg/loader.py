@@ -4,12 +4,12 @@ deletes, its rows and its delivery state, so readers and crashes see all of it o
 Why buffered: an Iceberg commit swaps the table's metadata once; there is no open
 transaction on the catalog to write into as rows arrive. So ``begin()`` opens a buffer,
 ``write()`` adds the unit's Arrow rows (cast to the stored types, ``amp.loaders.
-iceberg_types``), ``delete_blocks()`` records a block range to delete (counting the rows
+iceberg.types``), ``delete_blocks()`` records a block range to delete (counting the rows
 it will remove, exactly, from the committed table and the buffer), the state store stages
 its documents, and ``commit()`` builds one pyiceberg ``Transaction`` on the table's latest
 metadata: a delete with a row filter (``block_column`` in the ranges), an append of the
 rows (always, even of none, so every unit leaves one snapshot whose summary carries its
-checkpoint), and the checkpoint as a table property (``amp.loaders.iceberg_state``).
+checkpoint), and the checkpoint as a table property (``amp.loaders.iceberg.state``).
 ``rollback()`` drops the buffer; nothing reached the table.
 
 Concurrency: the catalog accepts a commit only if the table's current snapshot is still
@@ -37,12 +37,12 @@ import pyarrow.compute as pc
 from amp.errors import ConfigError, DestinationError
 from amp.loaders.base import DataLoader, LoadMode
 from amp.loaders.blocks import RANGE_END, RANGE_START
-from amp.loaders.iceberg_claims import StreamClaims, sqlite_path
-from amp.loaders.iceberg_config import IcebergSettings, settings, table_identifier
-from amp.loaders.iceberg_errors import IcebergErrorClassifier, failure
-from amp.loaders.iceberg_state import CommitState, SummaryLog, data_table, is_plan
-from amp.loaders.iceberg_store import IcebergDocuments
-from amp.loaders.iceberg_types import stored_schema, to_stored
+from amp.loaders.iceberg.claims import StreamClaims, sqlite_path
+from amp.loaders.iceberg.config import IcebergSettings, settings, table_identifier
+from amp.loaders.iceberg.errors import IcebergErrorClassifier, failure
+from amp.loaders.iceberg.state import CommitState, SummaryLog, data_table, is_plan
+from amp.loaders.iceberg.store import IcebergDocuments
+from amp.loaders.iceberg.types import stored_schema, to_stored
 from amp.loaders.ownership import Stream
 from amp.streaming.state_documents import DocKey, Document, DocumentStateStore
 from amp.streaming.types import BlockRange
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from pyiceberg.expressions import BooleanExpression
     from pyiceberg.table import Table
 
-log = logging.getLogger("amp.loaders.iceberg")
+log = logging.getLogger("amp.loaders.iceberg.loader")
 
 # Set on every table amp creates or loads into (see the module docstring).
 NO_PYICEBERG_RETRIES = {"commit.retry.num-retries": "0"}
@@ -215,7 +215,7 @@ class IcebergLoader(DataLoader[dict[str, Any]]):
     # -- one writer per stream ---------------------------------------------------------
 
     def claim_stream(self, table: str, worker_id: int) -> None:
-        """A lock beside the catalog (see ``amp.loaders.iceberg_claims``)."""
+        """A lock beside the catalog (see ``amp.loaders.iceberg.claims``)."""
         stream = Stream(self.connection_name, table, worker_id)
         self._claims.claim(stream, self.identifier(table), self)
 

@@ -1,5 +1,5 @@
 """The ``DocumentBackend`` of the Delta loader: state documents read from the table's
-commits (``amp.loaders.delta_state``) and staged in the loader's open transaction, so
+commits (``amp.loaders.delta.state``) and staged in the loader's open transaction, so
 that ``DocumentStateStore`` keeps its rules in one place for Redis, Kafka and Delta."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from amp.loaders.delta_state import TableState, app_id
+from amp.loaders.delta.state import TableState, app_id
 from amp.streaming.state_documents import CHECKPOINT, DocKey, Document
 
 if TYPE_CHECKING:
-    from amp.loaders.deltalake import DeltaLakeLoader
+    from amp.loaders.delta.loader import DeltaLakeLoader
 
 
 class DeltaDocuments:

@@ -29,7 +29,7 @@ from amp.errors import DestinationError
 from amp.loaders.ownership import PROCESS_CLAIMS, Owner, Stream, owned_error
 from amp.redact import redact_text
 
-log = logging.getLogger("amp.loaders.iceberg")
+log = logging.getLogger("amp.loaders.iceberg.loader")
 
 
 class _FileLock:
