@@ -214,4 +214,5 @@ def test_verify_refuses_a_destination_it_cannot_read() -> None:
     ):
         code, output = process.finish(timeout=60)
     assert code == 2, output
-    assert "postgresql and duckdb" in output and "redis is not supported" in output, output
+    assert "postgresql, duckdb, deltalake and iceberg" in output, output
+    assert "redis is not supported" in output, output
