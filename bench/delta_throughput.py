@@ -22,10 +22,8 @@ import argparse
 import importlib.metadata
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,8 +35,8 @@ from deltalake import DeltaTable, write_deltalake
 
 from amp.client import Client
 from amp.loaders.delta.types import delta_schema, to_delta
-from amp.streaming.reader import Data, MicrobatchEnd, MicrobatchReader
 from amp.streaming.types import BlockRange
+from benchkit import microbatches, start_server
 
 QUERY = "SELECT * FROM eth_firehose.logs"
 BLOCK = "_block_num"
@@ -61,42 +59,16 @@ class Outcome:
     files: int
 
 
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
-    command = [sys.executable, "-m", "amp.cli", "dev", "--port", "0", "--seed", str(args.seed)]
-    command += ["--initial-blocks", str(args.blocks), "--txs-per-block", str(args.txs_per_block)]
-    command += ["--max-interval", str(args.max_interval)]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    return process, line.rsplit(" ", 1)[-1]
-
-
 def capture(url: str, head: int) -> list[Microbatch]:
     """The server's microbatches of the streaming query, from block 0 to the head, in
     the Delta types (so the bare runs time the library alone)."""
-    client = Client(url)
-    stream = client.transport.execute(f"{QUERY} SETTINGS stream = true", streaming=None)
-    stop = threading.Event()
-    captured: list[Microbatch] = []
-    current: list[pa.RecordBatch] = []
-    try:
-        for event in MicrobatchReader(None).events(stream.messages(stop)):
-            if isinstance(event, Data):
-                current.append(event.batch)
-            elif isinstance(event, MicrobatchEnd):
-                table = None
-                if current:
-                    target = delta_schema(current[0].schema, frozenset({BLOCK}))
-                    table = to_delta(pa.Table.from_batches(current), target)
-                captured.append(Microbatch(event.block_range, table))
-                current = []
-                if event.block_range.end >= head:
-                    break
-    finally:
-        stream.close()
-        client.close()
+    captured = []
+    for block_range, batches in microbatches(url, QUERY, head):
+        table = None
+        if batches:
+            target = delta_schema(batches[0].schema, frozenset({BLOCK}))
+            table = to_delta(pa.Table.from_batches(batches), target)
+        captured.append(Microbatch(block_range, table))
     return captured
 
 

@@ -52,6 +52,7 @@ from amp.loaders.iceberg.loader import IcebergLoader
 from amp.loaders.iceberg.types import stored_schema, to_stored
 from amp.streaming.checkpoint import CheckpointState, CheckpointStore
 from amp.streaming.types import BlockRange, hex_hash
+from benchkit import stream_to_head
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 QUERY = "SELECT * FROM eth_firehose.logs"
@@ -145,19 +146,7 @@ def end_to_end(server: DevServer, config: dict[str, Any], name: str, grouping: b
             "commit_grouping": {"enabled": grouping},
         },
     )
-    head = server.chain.head
-    rows = 0
-    run = client.sql(QUERY).load(name, name, stream=True)
-    try:
-        for result in run:
-            assert result.success, result.error
-            rows += result.rows_loaded
-            if result.metadata["block_ranges"][-1]["end"] == head:
-                break
-    finally:
-        run.close()
-        client.close()
-    return rows
+    return stream_to_head(client, QUERY, name, name, server.chain.head)
 
 
 def compact(catalog: Catalog, name: str) -> int:

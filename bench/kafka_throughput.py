@@ -49,6 +49,7 @@ from amp.loaders.base import LoadMode
 from amp.loaders.kafka import KafkaLoader, json_values
 from amp.streaming.checkpoint import CheckpointState, CheckpointStore
 from amp.streaming.types import BlockRange, hex_hash
+from benchkit import stream_to_head
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 TABLE = "logs"
@@ -223,19 +224,8 @@ def end_to_end(bootstrap: str, server: DevServer) -> int:
             "idempotency": {"enabled": True},
         },
     )
-    head = server.chain.head
-    rows = 0
-    run = client.sql("SELECT * FROM eth_firehose.logs").load("e2e", TABLE, stream=True)
-    try:
-        for result in run:
-            assert result.success, result.error
-            rows += result.rows_loaded
-            if result.metadata["block_ranges"][-1]["end"] == head:
-                break
-    finally:
-        run.close()
-        client.close()
-    return rows
+    query = "SELECT * FROM eth_firehose.logs"
+    return stream_to_head(client, query, "e2e", TABLE, server.chain.head)
 
 
 def main() -> None:

@@ -20,9 +20,7 @@ import argparse
 import importlib.metadata
 import os
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,8 +31,8 @@ import pyarrow as pa
 from amp.client import Client
 from amp.errors import DestinationError
 from amp.loaders.redis import RedisLoader, _value
-from amp.streaming.reader import Data, MicrobatchEnd, MicrobatchReader
 from amp.streaming.types import BlockRange
+from benchkit import microbatches, start_server
 
 QUERY = "SELECT * FROM eth_firehose.logs"
 HOST, PORT = "127.0.0.1", 6379
@@ -50,38 +48,11 @@ class Microbatch:
         return sum(batch.num_rows for batch in self.batches)
 
 
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
-    command = [sys.executable, "-m", "amp.cli", "dev", "--port", "0", "--seed", str(args.seed)]
-    command += ["--initial-blocks", str(args.blocks), "--txs-per-block", str(args.txs_per_block)]
-    command += ["--max-interval", str(args.max_interval)]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    return process, line.rsplit(" ", 1)[-1]
-
-
 def capture(url: str, head: int) -> list[Microbatch]:
     """The server's microbatches of the streaming query, from block 0 to the head."""
-    client = Client(url)
-    stream = client.transport.execute(f"{QUERY} SETTINGS stream = true", streaming=None)
-    stop = threading.Event()
-    captured: list[Microbatch] = []
-    current: list[pa.RecordBatch] = []
-    try:
-        for event in MicrobatchReader(None).events(stream.messages(stop)):
-            if isinstance(event, Data):
-                current.append(event.batch)
-            elif isinstance(event, MicrobatchEnd):
-                captured.append(Microbatch(event.block_range, current))
-                current = []
-                if event.block_range.end >= head:
-                    break
-    finally:
-        stream.close()
-        client.close()
-    return captured
+    return [
+        Microbatch(block_range, batches) for block_range, batches in microbatches(url, QUERY, head)
+    ]
 
 
 def drop(r: Any, table: str) -> None:

@@ -208,6 +208,6 @@ def open_destination(url: str) -> DestinationSide:
 
         return IcebergSide(config)
     raise ConfigError(
-        f"amp verify compares {', '.join(SUPPORTED[:-1])} and {SUPPORTED[-1]} destinations; {loader} is not "
-        "supported yet (its rows cannot be read back by block range)"
+        f"amp verify compares {', '.join(SUPPORTED[:-1])} and {SUPPORTED[-1]} destinations; "
+        f"{loader} is not supported yet (its rows cannot be read back by block range)"
     )
