@@ -348,6 +348,28 @@ def finish_parallel_load(
     return results
 
 
+# A stream's committed checkpoint document, as a new process reads it: (the table, or
+# "<table>/parallel-plan" for the plan, worker id) -> the document or None.
+CheckpointRead = Callable[[str, int], dict[str, Any] | None]
+
+
+def checkpoint_readers(
+    read: CheckpointRead, table: str
+) -> tuple[Callable[[], dict[str, Any] | None], Callable[[], dict[int, int]]]:
+    """``ParallelCrash``'s ``read_plan`` and ``read_ends`` over ``read``."""
+
+    def read_plan() -> dict[str, Any] | None:
+        return read(f"{table}/parallel-plan", 0)
+
+    def read_ends() -> dict[int, int]:
+        plan = read_plan()
+        assert plan is not None
+        documents = {n: read(table, n) for n, _, _ in plan["partitions"]}
+        return {n: int(d["ranges"][-1]["end"]) for n, d in documents.items() if d is not None}
+
+    return read_plan, read_ends
+
+
 @dataclass
 class ParallelCrash:
     """A crash case of ``amp load --parallel`` (``flags``) of CRASH_QUERY into ``url``,

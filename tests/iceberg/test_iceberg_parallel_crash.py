@@ -15,7 +15,7 @@ from iceberg_support import Lake, assert_exact
 
 from amp.devserver import DevServer
 from amp.loaders.iceberg.loader import IcebergLoader
-from crashkit import ParallelCrash, busy_chain_server
+from crashkit import ParallelCrash, busy_chain_server, checkpoint_readers
 from kit import unique
 
 REORG_BUFFER = 10
@@ -48,14 +48,7 @@ def test_iceberg_hybrid_parallel_load_exactly_once_through_sigkills(
         finally:
             loader.close()
 
-    def read_plan() -> dict[str, Any] | None:
-        return read(f"{TABLE}/parallel-plan", 0)
-
-    def read_ends() -> dict[int, int]:
-        plan = read_plan()
-        assert plan is not None
-        documents = {n: read(TABLE, n) for n, _, _ in plan["partitions"]}
-        return {n: int(d["ranges"][-1]["end"]) for n, d in documents.items() if d is not None}
+    read_plan, read_ends = checkpoint_readers(read, TABLE)
 
     crash = ParallelCrash(
         busy_chain,

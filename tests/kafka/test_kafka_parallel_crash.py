@@ -16,7 +16,7 @@ import pytest
 
 from amp.devserver import DevServer
 from amp.loaders.kafka import KafkaLoader
-from crashkit import ParallelCrash, busy_chain_server
+from crashkit import ParallelCrash, busy_chain_server, checkpoint_readers
 from kafkakit import FAST_RESILIENCE, assert_topic_matches_chain
 from kit import unique
 
@@ -51,14 +51,7 @@ def test_kafka_hybrid_parallel_load_exactly_once_through_sigkills(
         finally:
             loader.close()
 
-    def read_plan() -> dict[str, Any] | None:
-        return read(f"{table}/parallel-plan", 0)
-
-    def read_ends() -> dict[int, int]:
-        plan = read_plan()
-        assert plan is not None
-        documents = {n: read(table, n) for n, _, _ in plan["partitions"]}
-        return {n: int(d["ranges"][-1]["end"]) for n, d in documents.items() if d is not None}
+    read_plan, read_ends = checkpoint_readers(read, table)
 
     crash = ParallelCrash(
         busy_chain,
