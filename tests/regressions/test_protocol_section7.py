@@ -134,7 +134,7 @@ def test_the_circuit_breaker_exists_and_the_idempotency_mode_key_works(tmp_path:
             idempotency={"enabled": True, "mode": "auto"},
             resilience={
                 "retry": {"max_retries": 3, "initial_backoff_ms": 1, "max_backoff_ms": 2},
-                "circuit_breaker": {"failure_threshold": 2, "timeout_ms": 60_000},
+                "circuit_breaker": {"failure_threshold": 2, "timeout_ms": 5_000},
             },
         )
         with pytest.raises(FatalLoadError):
