@@ -12,19 +12,23 @@ from amp.errors import ConfigError
 from amp.loaders.base import DataLoader
 
 
+def _missing() -> ConfigError:
+    return ConfigError(
+        "loader 'deltalake' needs the deltalake package (delta-rs): pip install 'amp-python[delta]'"
+    )
+
+
 class DeltaLakeNotInstalled(DataLoader[dict[str, Any]]):
-    """Refuses at configure time, naming the extra to install."""
+    """Refuses at configure time, naming the extra to install; every method a loader
+    must define gives the same answer."""
 
     loader_type = "deltalake"
 
     def __init__(self, config: Any = None, connection_name: str = "") -> None:
-        raise ConfigError(
-            "loader 'deltalake' needs the deltalake package (delta-rs): "
-            "pip install 'amp-python[delta]'"
-        )
+        raise _missing()
 
-    def connect(self) -> None:  # pragma: no cover - never constructed
-        raise NotImplementedError
+    def connect(self) -> None:
+        raise _missing()
 
-    def write(self, table: str, batch: Any, block_range: Any = None) -> int:  # pragma: no cover
-        raise NotImplementedError
+    def write(self, table: str, batch: Any, block_range: Any = None) -> int:
+        raise _missing()
